@@ -1,0 +1,566 @@
+//! The job message (`liveness.job.v1`): its wire shape, for the JSON Schema
+//! and for producers written in Rust, and the validating parser the worker
+//! runs on every delivery.
+//!
+//! Parsing is deliberately hand-written rather than a strict serde derive:
+//! an operator reading a dead letter wants every problem of a job named in
+//! plain words (`check must be "document" or "face", got "selfie"`), not the
+//! first serde error with a column number.
+
+use super::{Check, ProviderName, SignalName};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::fmt;
+
+pub const JOB_SCHEMA: &str = "liveness.job.v1";
+/// Largest `metadata` object, measured as compact JSON.
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+/// How much of an unparseable body a dead letter carries.
+pub const RAW_BODY_ECHO_BYTES: usize = 64 * 1024;
+
+/// The job message as producers send it (DESIGN §3). Null is accepted for
+/// every optional field and means "absent".
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(
+    title = "liveness.job.v1",
+    description = "A liveness verification job, published to exchange liveness.jobs with routing key job."
+)]
+pub struct JobMessage {
+    /// Version tag.
+    #[schemars(schema_with = "job_schema_tag")]
+    pub schema: String,
+    /// The producer's id and the idempotency key: one job_id is verified (and billed) once.
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9._:-]+$"))]
+    pub job_id: String,
+    pub check: Check,
+    /// `s3://bucket/key` of the document front or the selfie; the bucket must be on the allowlist.
+    #[schemars(pattern(r"^s3://[^/]+/.+$"))]
+    pub image: String,
+    /// `s3://bucket/key` of the document back (document checks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^s3://[^/]+/.+$"))]
+    pub back_image: Option<String>,
+    /// The vendor to use; default: configured per check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderName>,
+    /// Document checks only; non-empty; default all three document signals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub signals: Option<Vec<SignalName>>,
+    /// Opaque to the worker, echoed verbatim in the result and dead letter; at most 8 KiB as compact JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+fn job_schema_tag(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "const": JOB_SCHEMA })
+}
+
+/// `s3://bucket/key`, taken literally (the key is not percent-decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct S3Uri {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl S3Uri {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("must be an s3://bucket/key URI, got {}", quote(s)))?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("has no object key after the bucket: {}", quote(s)))?;
+        if !valid_bucket_name(bucket) {
+            return Err(format!(
+                "names an invalid bucket {} (3-63 characters of a-z, 0-9, '.', '-')",
+                quote(bucket)
+            ));
+        }
+        if key.is_empty() || key.len() > 1024 {
+            return Err(format!(
+                "must have an object key of 1-1024 bytes: {}",
+                quote(s)
+            ));
+        }
+        Ok(S3Uri {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for S3Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+fn valid_bucket_name(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A job that passed validation.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub job_id: String,
+    pub check: Check,
+    pub image: S3Uri,
+    pub back_image: Option<S3Uri>,
+    pub provider: Option<ProviderName>,
+    /// The signals to score, in canonical order (explicit or the check's default).
+    pub signals: Vec<SignalName>,
+    /// The producer's metadata, compact, values exactly as sent.
+    pub metadata: Option<Box<RawValue>>,
+}
+
+/// A delivery body that is not a valid job, with what a dead letter echoes.
+#[derive(Debug)]
+pub struct InvalidJob {
+    /// The body's `job_id` when it is a string, even an invalid one.
+    pub job_id: Option<String>,
+    /// The body when it is a JSON object within the size limit.
+    pub job: Option<Box<RawValue>>,
+    /// The start of the body when it could not be parsed at all.
+    pub raw_body: Option<Vec<u8>>,
+    pub message: String,
+}
+
+/// A body that parsed as a JSON object: kept verbatim for echoing.
+#[derive(Debug)]
+pub struct JobEnvelope {
+    pub raw: Box<RawValue>,
+    pub job_id: Option<String>,
+}
+
+/// Parses and validates a delivery body. On success the verbatim body comes
+/// back too, so later failures can echo it in their dead letter.
+pub fn parse_job(body: &[u8], max_body_bytes: usize) -> Result<(Job, JobEnvelope), InvalidJob> {
+    let raw_echo = || Some(body[..body.len().min(RAW_BODY_ECHO_BYTES)].to_vec());
+    if body.len() > max_body_bytes {
+        return Err(InvalidJob {
+            job_id: None,
+            job: None,
+            raw_body: raw_echo(),
+            message: format!(
+                "job body is {} bytes, over the {max_body_bytes}-byte limit; it was not parsed",
+                body.len()
+            ),
+        });
+    }
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(InvalidJob {
+                job_id: None,
+                job: None,
+                raw_body: raw_echo(),
+                message: format!(
+                    "job body is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            });
+        }
+    };
+    let object: Map<String, Value> = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => {
+            return Err(InvalidJob {
+                job_id: None,
+                job: None,
+                raw_body: raw_echo(),
+                message: format!(
+                    "job body is JSON {} where an object is required",
+                    json_kind(&other)
+                ),
+            });
+        }
+        Err(e) => {
+            return Err(InvalidJob {
+                job_id: None,
+                job: None,
+                raw_body: raw_echo(),
+                message: format!("job body is not valid JSON: {e}"),
+            });
+        }
+    };
+    // Verbatim copy for echoing; cannot fail since the text parsed above.
+    let raw = RawValue::from_string(text.to_owned()).expect("text parsed as JSON");
+    let job_id = object
+        .get("job_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match validate(&object, text) {
+        Ok(job) => Ok((job, JobEnvelope { raw, job_id })),
+        Err(problems) => Err(InvalidJob {
+            job_id,
+            job: Some(raw),
+            raw_body: None,
+            message: format!("job violates liveness.job.v1: {}", problems.join("; ")),
+        }),
+    }
+}
+
+fn validate(o: &Map<String, Value>, text: &str) -> Result<Job, Vec<String>> {
+    let mut problems = Vec::new();
+    // Null means absent for optional fields: many producers serialize that way.
+    let opt = |k: &str| o.get(k).filter(|v| !v.is_null());
+
+    match o.get("schema") {
+        Some(Value::String(s)) if s == JOB_SCHEMA => {}
+        Some(v) => problems.push(format!("schema must be \"{JOB_SCHEMA}\", got {}", short(v))),
+        None => problems.push(format!("schema is required (\"{JOB_SCHEMA}\")")),
+    }
+
+    let job_id = match o.get("job_id") {
+        Some(Value::String(s)) => {
+            if s.is_empty() || s.len() > 128 {
+                problems.push(format!("job_id must be 1-128 characters, got {}", s.len()));
+            } else if let Some(c) = s
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || ".-_:".contains(*c)))
+            {
+                problems.push(format!(
+                    "job_id may only contain A-Z a-z 0-9 . _ : -, found {c:?}"
+                ));
+            }
+            s.clone()
+        }
+        Some(v) => {
+            problems.push(format!("job_id must be a string, got {}", json_kind(v)));
+            String::new()
+        }
+        None => {
+            problems.push("job_id is required".into());
+            String::new()
+        }
+    };
+
+    let check = match o.get("check") {
+        Some(Value::String(s)) => Check::parse(s).or_else(|| {
+            problems.push(format!(
+                "check must be \"document\" or \"face\", got {}",
+                quote(s)
+            ));
+            None
+        }),
+        Some(v) => {
+            problems.push(format!(
+                "check must be \"document\" or \"face\", got {}",
+                short(v)
+            ));
+            None
+        }
+        None => {
+            problems.push("check is required (\"document\" or \"face\")".into());
+            None
+        }
+    };
+
+    let mut uri = |field: &str, required: bool| -> Option<S3Uri> {
+        match if required { o.get(field) } else { opt(field) } {
+            Some(Value::String(s)) => S3Uri::parse(s)
+                .map_err(|e| problems.push(format!("{field} {e}")))
+                .ok(),
+            Some(v) => {
+                problems.push(format!(
+                    "{field} must be an s3://bucket/key string, got {}",
+                    json_kind(v)
+                ));
+                None
+            }
+            None if required => {
+                problems.push(format!("{field} is required (s3://bucket/key)"));
+                None
+            }
+            None => None,
+        }
+    };
+    let image = uri("image", true);
+    let back_image = uri("back_image", false);
+    if back_image.is_some() && check == Some(Check::Face) {
+        problems.push("back_image is only allowed for check \"document\"".into());
+    }
+
+    let provider = match opt("provider") {
+        Some(Value::String(s)) => ProviderName::parse(s).or_else(|| {
+            problems.push(format!(
+                "provider must be one of \"argos\", \"intellicheck\", \"didit\", got {}",
+                quote(s)
+            ));
+            None
+        }),
+        Some(v) => {
+            problems.push(format!("provider must be a string, got {}", json_kind(v)));
+            None
+        }
+        None => None,
+    };
+
+    let mut signals = match opt("signals") {
+        None => None,
+        Some(Value::Array(items)) if items.is_empty() => {
+            problems.push("signals, when present, must not be empty".into());
+            None
+        }
+        Some(Value::Array(items)) => {
+            let mut names = Vec::new();
+            for item in items {
+                match item.as_str().and_then(SignalName::parse).filter(|n| n.is_document()) {
+                    Some(n) if names.contains(&n) => {
+                        problems.push(format!("signals lists {n} twice"));
+                    }
+                    Some(n) => names.push(n),
+                    None => problems.push(format!(
+                        "signals may only contain \"screen_replay\", \"printed_copy\", \"portrait_substitution\", got {}",
+                        short(item)
+                    )),
+                }
+            }
+            Some(names)
+        }
+        Some(v) => {
+            problems.push(format!("signals must be an array, got {}", json_kind(v)));
+            None
+        }
+    };
+    if signals.is_some() && check == Some(Check::Face) {
+        problems.push("signals is only allowed for check \"document\"".into());
+    }
+    if let Some(s) = signals.as_mut() {
+        s.sort();
+    }
+
+    let metadata = match opt("metadata") {
+        None => None,
+        Some(Value::Object(_)) => {
+            // Echo the producer's own text for the values (number spelling
+            // and key order survive), minus insignificant whitespace.
+            let raw = raw_field(text, "metadata").map(|r| minify_json(r.get()));
+            match raw {
+                Some(compact) if compact.len() > MAX_METADATA_BYTES => {
+                    problems.push(format!(
+                        "metadata is {} bytes as compact JSON, over the {MAX_METADATA_BYTES}-byte limit",
+                        compact.len()
+                    ));
+                    None
+                }
+                Some(compact) => {
+                    Some(RawValue::from_string(compact).expect("minified JSON stays valid"))
+                }
+                None => None,
+            }
+        }
+        Some(v) => {
+            problems.push(format!("metadata must be an object, got {}", json_kind(v)));
+            None
+        }
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let check = check.expect("validated");
+    let signals = match check {
+        Check::Document => signals.unwrap_or_else(|| SignalName::DOCUMENT.to_vec()),
+        Check::Face => vec![SignalName::FaceLiveness],
+    };
+    Ok(Job {
+        job_id,
+        check,
+        image: image.expect("validated"),
+        back_image,
+        provider,
+        signals,
+        metadata,
+    })
+}
+
+/// The raw text of a top-level field. With duplicate keys the last wins, as
+/// in serde_json's own map parsing.
+fn raw_field<'a>(text: &'a str, field: &str) -> Option<&'a RawValue> {
+    let fields: std::collections::HashMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+    fields.get(field).copied()
+}
+
+/// Removes whitespace outside strings, leaving every token as written.
+pub fn minify_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A value for an error message, cut short so a hostile body cannot bloat it.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        let mut end = 80;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    } else {
+        s
+    }
+}
+
+fn quote(s: &str) -> String {
+    short(&Value::String(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Job {
+        parse_job(body.as_bytes(), 65536)
+            .map(|(j, _)| j)
+            .unwrap_or_else(|e| panic!("{}", e.message))
+    }
+
+    fn err(body: &[u8]) -> InvalidJob {
+        parse_job(body, 65536).err().expect("should be invalid")
+    }
+
+    #[test]
+    fn minimal_document_job_defaults_to_all_signals() {
+        let j = ok(
+            r#"{"schema":"liveness.job.v1","job_id":"a-1","check":"document","image":"s3://imgs/a/b.png"}"#,
+        );
+        assert_eq!(j.signals, SignalName::DOCUMENT.to_vec());
+        assert_eq!(
+            j.image,
+            S3Uri {
+                bucket: "imgs".into(),
+                key: "a/b.png".into()
+            }
+        );
+        assert!(j.metadata.is_none());
+    }
+
+    #[test]
+    fn metadata_is_compacted_but_values_kept_exactly() {
+        let j = ok(
+            r#"{"schema":"liveness.job.v1","job_id":"a","check":"face","image":"s3://imgs/x",
+            "metadata": { "n": 1.50, "big": 123456789012345678901234567890, "s": "a b\"c" },"unknown":1}"#,
+        );
+        assert_eq!(
+            j.metadata.unwrap().get(),
+            r#"{"n":1.50,"big":123456789012345678901234567890,"s":"a b\"c"}"#
+        );
+    }
+
+    #[test]
+    fn nulls_mean_absent() {
+        let j = ok(
+            r#"{"schema":"liveness.job.v1","job_id":"a","check":"document","image":"s3://imgs/x","back_image":null,"provider":null,"signals":null,"metadata":null}"#,
+        );
+        assert!(j.back_image.is_none() && j.provider.is_none() && j.metadata.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let e = err(br#"{"schema":"v2","job_id":"bad id!","check":"selfie","image":"http://x/y","signals":[],"provider":"acme"}"#);
+        assert_eq!(e.job_id.as_deref(), Some("bad id!"));
+        assert!(e.job.is_some() && e.raw_body.is_none());
+        for needle in [
+            "schema must be",
+            "job_id may only contain",
+            "check must be",
+            "image must be an s3://",
+            "signals, when present, must not be empty",
+            "provider must be one of",
+        ] {
+            assert!(
+                e.message.contains(needle),
+                "{needle} missing from {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn face_rejects_signals_and_back_image() {
+        let e = err(br#"{"schema":"liveness.job.v1","job_id":"a","check":"face","image":"s3://imgs/x","back_image":"s3://imgs/y","signals":["screen_replay"]}"#);
+        assert!(e.message.contains("back_image is only allowed"));
+        assert!(e.message.contains("signals is only allowed"));
+    }
+
+    #[test]
+    fn unknown_and_duplicate_signals_rejected() {
+        let e = err(br#"{"schema":"liveness.job.v1","job_id":"a","check":"document","image":"s3://imgs/x","signals":["printed_copy","printed_copy","face_liveness"]}"#);
+        assert!(e.message.contains("twice"));
+        assert!(e.message.contains("face_liveness"));
+    }
+
+    #[test]
+    fn non_objects_and_garbage_are_echoed_raw() {
+        for body in [&b"not json"[..], b"[1,2]", b"\xff\xfe", b"\"str\""] {
+            let e = err(body);
+            assert!(e.job.is_none() && e.job_id.is_none());
+            assert_eq!(e.raw_body.as_deref(), Some(body));
+        }
+    }
+
+    #[test]
+    fn oversized_body_not_parsed_and_echo_truncated() {
+        let big = vec![b'{'; 200_000];
+        let e = parse_job(&big, 65536).err().unwrap();
+        assert_eq!(e.raw_body.unwrap().len(), RAW_BODY_ECHO_BYTES);
+        assert!(e.message.contains("over the 65536-byte limit"));
+    }
+
+    #[test]
+    fn metadata_limit_counts_compact_bytes() {
+        let pad = "x".repeat(MAX_METADATA_BYTES);
+        let body = format!(
+            r#"{{"schema":"liveness.job.v1","job_id":"a","check":"face","image":"s3://imgs/x","metadata":{{"p":"{pad}"}}}}"#
+        );
+        assert!(err(body.as_bytes()).message.contains("metadata is"));
+    }
+
+    #[test]
+    fn s3_uris() {
+        assert!(S3Uri::parse("s3://Bad_Bucket/k").is_err());
+        assert!(S3Uri::parse("s3://ok-bucket/").is_err());
+        assert!(S3Uri::parse("s3://ok-bucket").is_err());
+        assert_eq!(
+            S3Uri::parse("s3://ok.bucket/a b/c%20").unwrap().key,
+            "a b/c%20"
+        );
+    }
+}

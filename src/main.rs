@@ -1,0 +1,146 @@
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use liveness_worker::config::{Config, Sources};
+use liveness_worker::emulator::{Emulator, EmulatorConfig, Faults};
+use liveness_worker::{demo, schema, telemetry, worker};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Liveness checks on ID documents and selfies in S3, through vendor APIs, fed by RabbitMQ.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML; same keys as config/default.toml). Also LIVENESS_CONFIG.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Environment file of KEY=VALUE lines, applied under the real environment. Also LIVENESS_ENV_FILE.
+    #[arg(long, global = true)]
+    env_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM or SIGINT, then drain and exit 0.
+    Run,
+    /// Serve the vendor emulator (Argos ID and Face Liveness) with its admin API.
+    Emulator {
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8090",
+            env = "LIVENESS_EMULATOR_LISTEN"
+        )]
+        listen: SocketAddr,
+        /// The x-api-key the emulated Argos accepts.
+        #[arg(long, env = "LIVENESS_EMULATOR_ARGOS_API_KEY", hide_env_values = true)]
+        argos_api_key: String,
+        /// Latency added to every vendor answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Share of vendor requests answered with HTTP 500 (0-1).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+    },
+    /// Everything at once on local services: emulator, worker, a few hundred sample jobs, a summary.
+    Demo(demo::DemoArgs),
+    /// Print or write the JSON Schemas of the job, result and dead-letter messages.
+    Schemas {
+        /// Write the files into this directory instead of printing them.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, then print where it stands (secrets redacted).
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let sources = Sources {
+        file: cli.config.clone(),
+        env_file: cli.env_file.clone(),
+    };
+    match cli.command {
+        Command::Run => {
+            let cfg = Config::load(&sources)?;
+            telemetry::init(&cfg.telemetry);
+            let pipeline = worker::build_pipeline(&cfg).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(on_signal(shutdown.clone()));
+            worker::run(cfg, pipeline, shutdown).await
+        }
+        Command::Emulator {
+            listen,
+            argos_api_key,
+            latency_ms,
+            error_rate,
+        } => {
+            let cfg =
+                Config::load(&sources).unwrap_or_else(|_| Config::from_toml("").expect("defaults"));
+            telemetry::init(&cfg.telemetry);
+            let emu = Emulator::start(EmulatorConfig {
+                listen,
+                argos_api_key,
+                faults: Faults {
+                    latency_ms,
+                    error_rate,
+                },
+            })
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(url = %emu.base_url(), "Emulator listening; Argos base URL is <url>/modules");
+            tokio::select! {
+                r = emu.wait() => r,
+                _ = wait_for_signal() => Ok(()),
+            }
+        }
+        Command::Demo(args) => demo::run(&sources, args).await,
+        Command::Schemas { write } => {
+            for (name, text) in schema::all() {
+                match &write {
+                    Some(dir) => {
+                        std::fs::create_dir_all(dir)?;
+                        std::fs::write(dir.join(name), text)?;
+                    }
+                    None => println!("// {name}\n{text}"),
+                }
+            }
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let cfg = Config::load(&sources)?;
+            println!("{cfg:#?}");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("Shutdown requested");
+    shutdown.cancel();
+}

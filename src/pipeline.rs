@@ -1,0 +1,571 @@
+//! One job from delivery body to disposition. The consume loop, the
+//! concurrency limit, publishing and acking live outside (in `broker` and
+//! `worker`); this step knows no broker, SDK or HTTP type, and tests call it
+//! directly.
+
+use crate::domain::assessment::Assessment;
+use crate::domain::dead_letter::{DEAD_LETTER_SCHEMA, DeadLetter, Failure, FailureClass};
+use crate::domain::job::{InvalidJob, Job, JobEnvelope, S3Uri, parse_job};
+use crate::domain::result::{ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
+use crate::domain::{Check, ProviderName};
+use crate::image::{describe_prefix, sha256_hex, sniff_content_type};
+use crate::providers::{ErrorKind, Image, Provider, VendorError, VendorRequest};
+use crate::store::{FetchError, ImageStore};
+use backon::BackoffBuilder as _;
+use base64::Engine as _;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What the pipeline needs from configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub allowed_buckets: Vec<String>,
+    pub max_job_bytes: usize,
+    pub max_image_bytes: u64,
+    pub job_deadline: Duration,
+    pub default_document: ProviderName,
+    pub default_face: ProviderName,
+    pub attempts_per_delivery: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_retry_after: Duration,
+    /// Steps on the delay ladder.
+    pub ladder_len: usize,
+    pub credentials_park_step: usize,
+    pub poison_threshold: u32,
+    pub worker_id: String,
+}
+
+impl PipelineConfig {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        PipelineConfig {
+            allowed_buckets: c.worker.allowed_buckets.clone(),
+            max_job_bytes: c.worker.max_job_bytes,
+            max_image_bytes: c.worker.max_image_bytes,
+            job_deadline: c.worker.job_deadline,
+            default_document: c.providers.default_document,
+            default_face: c.providers.default_face,
+            attempts_per_delivery: c.retry.attempts_per_delivery,
+            initial_backoff: c.retry.initial_backoff,
+            max_backoff: c.retry.max_backoff,
+            max_retry_after: c.retry.max_retry_after,
+            ladder_len: c.broker.retry_delays.len(),
+            credentials_park_step: c.retry.credentials_park_step,
+            poison_threshold: c.broker.poison_threshold,
+            worker_id: c.worker_identity(),
+        }
+    }
+}
+
+/// One delivery as the pipeline sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery<'a> {
+    pub body: &'a [u8],
+    /// How many times the broker delivered it before (`x-delivery-count`).
+    pub delivery_count: u32,
+    /// State carried across the delay ladder in message headers.
+    pub carried: Carried,
+}
+
+/// What a job carries from one delivery to the next on the delay ladder.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Carried {
+    /// Vendor attempts made in earlier deliveries.
+    pub attempts: u32,
+    /// Ladder steps already used.
+    pub ladder_step: u32,
+    /// RFC 3339 time the worker first received the job.
+    pub first_received_at: Option<String>,
+}
+
+/// What to do with a delivery.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Publish this result, then ack.
+    Publish(Box<LivenessResult>),
+    /// Publish this dead letter, then ack.
+    DeadLetter(Box<DeadLetter>),
+    /// Republish the job body to delay-ladder step `step` carrying `carried`,
+    /// then ack.
+    RetryLater {
+        step: usize,
+        carried: Carried,
+        reason: String,
+    },
+}
+
+impl Disposition {
+    pub fn label(&self) -> String {
+        match self {
+            Disposition::Publish(r) => format!("result {}", r.routing_key()),
+            Disposition::DeadLetter(d) => format!("dead letter {}", d.failure.class),
+            Disposition::RetryLater { step, .. } => format!("retry step {step}"),
+        }
+    }
+}
+
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    store: Arc<dyn ImageStore>,
+    providers: HashMap<ProviderName, Arc<dyn Provider>>,
+}
+
+/// A failure before a verdict, with everything its dead letter needs.
+struct Failed {
+    failure: Failure,
+    /// Transient failures may go on the ladder instead.
+    transient: bool,
+    /// Vendor credentials refused: park without using the budget.
+    credentials: bool,
+}
+
+impl Failed {
+    fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Failed {
+            failure: Failure::new(class, message),
+            transient: false,
+            credentials: false,
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        cfg: PipelineConfig,
+        store: Arc<dyn ImageStore>,
+        providers: Vec<Arc<dyn Provider>>,
+    ) -> Self {
+        let providers = providers.into_iter().map(|p| (p.name(), p)).collect();
+        Pipeline {
+            cfg,
+            store,
+            providers,
+        }
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
+    }
+
+    /// Processes one delivery. Never panics on bad input; never fails: every
+    /// outcome is a disposition.
+    pub async fn process(&self, d: &Delivery<'_>) -> Disposition {
+        let started = Instant::now();
+        let first_received_at = d
+            .carried
+            .first_received_at
+            .clone()
+            .unwrap_or_else(now_rfc3339);
+
+        if d.delivery_count >= self.cfg.poison_threshold {
+            let (job_id, job, raw) = echo_loosely(d.body, self.cfg.max_job_bytes);
+            let failure = Failure::new(
+                FailureClass::Internal,
+                format!(
+                    "the job was delivered {} times without finishing, so it may be what crashes or stalls the worker; \
+                     it was not processed again. Check the worker logs and restarts around its deliveries, then replay it",
+                    d.delivery_count + 1
+                ),
+            );
+            return self.dead_letter(
+                job_id,
+                job,
+                raw,
+                failure,
+                d.carried.attempts,
+                first_received_at,
+            );
+        }
+
+        let (job, envelope) = match parse_job(d.body, self.cfg.max_job_bytes) {
+            Ok(ok) => ok,
+            Err(InvalidJob {
+                job_id,
+                job,
+                raw_body,
+                message,
+            }) => {
+                let failure = Failure::new(
+                    FailureClass::InvalidJob,
+                    format!(
+                        "{message}. Fix the producer and publish a corrected job; replaying this one cannot succeed"
+                    ),
+                );
+                return self.dead_letter(
+                    job_id,
+                    job,
+                    raw_body,
+                    failure,
+                    d.carried.attempts,
+                    first_received_at,
+                );
+            }
+        };
+
+        let mut attempts = d.carried.attempts;
+        match self.verify(&job, started, &mut attempts).await {
+            Ok((assessment, provider, image, fetch_ms, vendor_ms)) => {
+                Disposition::Publish(Box::new(self.result(
+                    &job, provider, assessment, image, attempts, fetch_ms, vendor_ms, started,
+                )))
+            }
+            Err(f) if f.credentials => Disposition::RetryLater {
+                step: self.cfg.credentials_park_step,
+                carried: Carried {
+                    attempts,
+                    ladder_step: d.carried.ladder_step,
+                    first_received_at: Some(first_received_at),
+                },
+                reason: f.failure.message,
+            },
+            Err(f) if f.transient && (d.carried.ladder_step as usize) < self.cfg.ladder_len => {
+                Disposition::RetryLater {
+                    step: d.carried.ladder_step as usize,
+                    carried: Carried {
+                        attempts,
+                        ladder_step: d.carried.ladder_step + 1,
+                        first_received_at: Some(first_received_at),
+                    },
+                    reason: f.failure.message,
+                }
+            }
+            Err(mut f) => {
+                if f.transient {
+                    let last = std::mem::take(&mut f.failure.message);
+                    f.failure = Failure {
+                        class: FailureClass::RetriesExhausted,
+                        message: format!(
+                            "transient failures outlasted the retry budget ({} delay steps, {attempts} vendor attempts); \
+                             last error: {last}. Replay the job once the cause is fixed",
+                            self.cfg.ladder_len
+                        ),
+                        retryable: true,
+                        ..f.failure
+                    };
+                }
+                let JobEnvelope { raw, job_id } = envelope;
+                self.dead_letter(
+                    job_id,
+                    Some(raw),
+                    None,
+                    f.failure,
+                    attempts,
+                    first_received_at,
+                )
+            }
+        }
+    }
+
+    /// The dead letter for a job whose processing crashed.
+    pub fn internal_dead_letter(
+        &self,
+        body: &[u8],
+        message: String,
+        carried: Carried,
+    ) -> Disposition {
+        let (job_id, job, raw) = echo_loosely(body, self.cfg.max_job_bytes);
+        let first = carried.first_received_at.unwrap_or_else(now_rfc3339);
+        self.dead_letter(
+            job_id,
+            job,
+            raw,
+            Failure::new(FailureClass::Internal, message),
+            carried.attempts,
+            first,
+        )
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn verify(
+        &self,
+        job: &Job,
+        started: Instant,
+        attempts: &mut u32,
+    ) -> Result<(Assessment, ProviderName, Image, u64, u64), Failed> {
+        let provider_name = job.provider.unwrap_or(match job.check {
+            Check::Document => self.cfg.default_document,
+            Check::Face => self.cfg.default_face,
+        });
+        let provider = self.providers.get(&provider_name).ok_or_else(|| {
+            Failed::new(
+                FailureClass::InvalidJob,
+                format!(
+                    "the job asks for provider {provider_name}, which this worker has no adapter configured for; \
+                     configure it or send the job to a deployment that has it"
+                ),
+            )
+        })?;
+        if !provider.supports(job.check) {
+            return Err(Failed::new(
+                FailureClass::InvalidJob,
+                format!(
+                    "provider {provider_name} cannot do {} checks; send the job without a provider or with one that can",
+                    job.check
+                ),
+            ));
+        }
+        for (field, uri) in [
+            ("image", Some(&job.image)),
+            ("back_image", job.back_image.as_ref()),
+        ] {
+            if let Some(uri) = uri {
+                if !self.cfg.allowed_buckets.iter().any(|b| b == &uri.bucket) {
+                    return Err(Failed::new(
+                        FailureClass::ForbiddenImageLocation,
+                        format!(
+                            "{field} {uri} is in bucket {}, which is not on this worker's allowlist (worker.allowed_buckets); \
+                             move the image or add the bucket to the allowlist, then replay",
+                            uri.bucket
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let deadline = started + self.cfg.job_deadline;
+        let limit = provider
+            .max_image_bytes()
+            .map_or(self.cfg.max_image_bytes, |l| {
+                l.min(self.cfg.max_image_bytes)
+            });
+        let fetch_started = Instant::now();
+        let image = self
+            .fetch_checked("image", &job.image, limit, deadline)
+            .await?;
+        let back = match &job.back_image {
+            Some(uri) => Some(
+                self.fetch_checked("back_image", uri, limit, deadline)
+                    .await?,
+            ),
+            None => None,
+        };
+        let fetch_ms = fetch_started.elapsed().as_millis() as u64;
+
+        let req = VendorRequest {
+            job_id: &job.job_id,
+            check: job.check,
+            signals: &job.signals,
+            image: &image,
+            back_image: back.as_ref(),
+            metadata: job.metadata.as_deref(),
+        };
+        let vendor_started = Instant::now();
+        let assessment = self.call_vendor(provider.as_ref(), &req, deadline, attempts).await.map_err(|e| {
+            let mut f = Failed::new(
+                match e.kind {
+                    ErrorKind::Rejected => FailureClass::VendorRejectedRequest,
+                    // Reclassified by the caller (ladder or retries_exhausted).
+                    ErrorKind::Transient | ErrorKind::Credentials => FailureClass::RetriesExhausted,
+                },
+                e.message.clone(),
+            );
+            if e.kind == ErrorKind::Rejected {
+                f.failure.message.push_str(". The request will not succeed unchanged: check the image and the adapter, then replay");
+            }
+            f.failure.provider = Some(provider_name);
+            f.failure.vendor_code = e.vendor_code.clone();
+            f.failure.http_status = e.http_status;
+            f.transient = e.kind == ErrorKind::Transient;
+            f.credentials = e.kind == ErrorKind::Credentials;
+            f
+        })?;
+        let vendor_ms = vendor_started.elapsed().as_millis() as u64;
+        Ok((assessment, provider_name, image, fetch_ms, vendor_ms))
+    }
+
+    /// Fetches with in-process retries for transient store errors, then
+    /// checks the bytes are an image.
+    async fn fetch_checked(
+        &self,
+        field: &str,
+        uri: &S3Uri,
+        limit: u64,
+        deadline: Instant,
+    ) -> Result<Image, Failed> {
+        let mut delays = self.backoff(deadline);
+        let bytes = loop {
+            match self.store.fetch(uri, limit).await {
+                Ok(b) => break b,
+                Err(FetchError::NotFound(m)) => {
+                    return Err(Failed::new(
+                        FailureClass::ImageNotFound,
+                        format!("{field}: {m}; upload it and replay the job"),
+                    ));
+                }
+                Err(FetchError::TooLarge { size, limit }) => {
+                    return Err(Failed::new(
+                        FailureClass::ImageRejected,
+                        format!(
+                            "{field} {uri} is {size} bytes, over the {limit}-byte limit for this vendor; send a smaller image"
+                        ),
+                    ));
+                }
+                Err(FetchError::Transient(m)) => match delays.next() {
+                    Some(d) if Instant::now() + d < deadline => {
+                        tracing::warn!(error = %m, delay_ms = d.as_millis() as u64, "Image fetch failed, retrying");
+                        tokio::time::sleep(d).await;
+                    }
+                    _ => {
+                        let mut f = Failed::new(FailureClass::RetriesExhausted, m);
+                        f.transient = true;
+                        return Err(f);
+                    }
+                },
+            }
+        };
+        if bytes.is_empty() {
+            return Err(Failed::new(
+                FailureClass::ImageRejected,
+                format!("{field} {uri} is an empty object; upload the real image and replay"),
+            ));
+        }
+        let Some(content_type) = sniff_content_type(&bytes) else {
+            return Err(Failed::new(
+                FailureClass::ImageRejected,
+                format!(
+                    "{field} {uri} is not a JPEG, PNG or WebP image (it starts with bytes {}); send one of those formats",
+                    describe_prefix(&bytes)
+                ),
+            ));
+        };
+        let sha256 = sha256_hex(&bytes);
+        Ok(Image {
+            uri: uri.to_string(),
+            bytes,
+            content_type,
+            sha256,
+        })
+    }
+
+    /// Exponential backoff (backon's schedule) with full jitter: each wait is
+    /// uniform in [0, step], which spreads replicas that failed together.
+    fn backoff(&self, deadline: Instant) -> impl Iterator<Item = Duration> {
+        let schedule = backon::ExponentialBuilder::default()
+            .with_min_delay(self.cfg.initial_backoff)
+            .with_max_delay(self.cfg.max_backoff)
+            .with_max_times(self.cfg.attempts_per_delivery.saturating_sub(1) as usize)
+            .with_total_delay(Some(deadline.saturating_duration_since(Instant::now())))
+            .build();
+        schedule.map(|d| d.mul_f64(fastrand::f64()))
+    }
+
+    async fn call_vendor(
+        &self,
+        provider: &dyn Provider,
+        req: &VendorRequest<'_>,
+        deadline: Instant,
+        attempts: &mut u32,
+    ) -> Result<Assessment, VendorError> {
+        let mut delays = self.backoff(deadline);
+        loop {
+            *attempts += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = match tokio::time::timeout(remaining, provider.verify(req)).await {
+                Ok(r) => r,
+                Err(_) => Err(VendorError::transient(format!(
+                    "{} did not answer within the job deadline ({:?})",
+                    provider.name(),
+                    self.cfg.job_deadline
+                ))),
+            };
+            let e = match outcome {
+                Ok(a) => return Ok(a),
+                Err(e) if e.kind != ErrorKind::Transient => return Err(e),
+                Err(e) => e,
+            };
+            let Some(step) = delays.next() else {
+                return Err(e);
+            };
+            let wait = match e.retry_after {
+                // A vendor asking for a longer pause than we hold a delivery for: the ladder waits instead.
+                Some(ra) if ra > self.cfg.max_retry_after => return Err(e),
+                Some(ra) => ra,
+                None => step,
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, attempt = *attempts, delay_ms = wait.as_millis() as u64, "Vendor call failed, retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn result(
+        &self,
+        job: &Job,
+        provider: ProviderName,
+        a: Assessment,
+        image: Image,
+        attempts: u32,
+        fetch_ms: u64,
+        vendor_ms: u64,
+        started: Instant,
+    ) -> LivenessResult {
+        LivenessResult {
+            schema: RESULT_SCHEMA.into(),
+            job_id: job.job_id.clone(),
+            check: job.check,
+            provider,
+            metadata: job.metadata.clone(),
+            verdict: a.verdict(),
+            score: a.score(),
+            signals: a.signals,
+            reasons: a.reasons,
+            warnings: a.warnings,
+            vendor: a.vendor,
+            image: ImageInfo {
+                uri: image.uri,
+                bytes: image.bytes.len() as u64,
+                sha256: image.sha256,
+                content_type: image.content_type.into(),
+            },
+            attempts,
+            timings_ms: Timings {
+                fetch: fetch_ms,
+                vendor: vendor_ms,
+                total: started.elapsed().as_millis() as u64,
+            },
+            completed_at: now_rfc3339(),
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        job_id: Option<String>,
+        job: Option<Box<RawValue>>,
+        raw_body: Option<Vec<u8>>,
+        failure: Failure,
+        attempts: u32,
+        first_attempt_at: String,
+    ) -> Disposition {
+        Disposition::DeadLetter(Box::new(DeadLetter {
+            schema: DEAD_LETTER_SCHEMA.into(),
+            job_id,
+            job,
+            raw_body_base64: raw_body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            failure,
+            attempts,
+            first_attempt_at,
+            failed_at: now_rfc3339(),
+            worker: self.cfg.worker_id.clone(),
+        }))
+    }
+}
+
+/// What a dead letter echoes of a body it will not validate.
+fn echo_loosely(
+    body: &[u8],
+    max: usize,
+) -> (Option<String>, Option<Box<RawValue>>, Option<Vec<u8>>) {
+    match parse_job(body, max) {
+        Ok((_, env)) => (env.job_id, Some(env.raw), None),
+        Err(e) => (e.job_id, e.job, e.raw_body),
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

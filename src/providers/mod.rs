@@ -1,0 +1,146 @@
+//! Vendor adapters. Each vendor folder holds its client, its private wire
+//! types (shared with the emulator so the two cannot drift) and a pure
+//! normalization; only its [`Provider`] implementation leaves the folder.
+
+pub mod argos;
+
+use crate::domain::assessment::Assessment;
+use crate::domain::{Check, ProviderName, SignalName};
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use std::fmt;
+use std::time::Duration;
+
+/// An image fetched and checked by the worker, ready for a vendor.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub uri: String,
+    pub bytes: Bytes,
+    pub content_type: &'static str,
+    pub sha256: String,
+}
+
+/// Everything a vendor call needs; borrowed from the pipeline.
+#[derive(Debug)]
+pub struct VendorRequest<'a> {
+    pub job_id: &'a str,
+    pub check: Check,
+    pub signals: &'a [SignalName],
+    pub image: &'a Image,
+    pub back_image: Option<&'a Image>,
+    pub metadata: Option<&'a RawValue>,
+}
+
+/// What to do about a failed vendor call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Try again later: timeouts, 408/429/5xx, connection errors, the
+    /// vendor's own "failed to process" codes.
+    Transient,
+    /// Our request was wrong; replaying it unchanged cannot succeed.
+    Rejected,
+    /// The vendor refused our credentials: not a property of the job.
+    Credentials,
+}
+
+/// A vendor call that produced no assessment.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct VendorError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub vendor_code: Option<String>,
+    pub http_status: Option<u16>,
+    /// The vendor's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl fmt::Display for VendorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(code) = &self.vendor_code {
+            write!(f, " (vendor code {code})")?;
+        }
+        if let Some(status) = self.http_status {
+            write!(f, " (HTTP {status})")?;
+        }
+        Ok(())
+    }
+}
+
+impl VendorError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        VendorError {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+            vendor_code: None,
+            http_status: None,
+            retry_after: None,
+        }
+    }
+
+    /// Maps a reqwest failure that happened before any response arrived.
+    pub fn from_transport(vendor: ProviderName, e: &reqwest::Error) -> Self {
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "could not be reached"
+        } else {
+            "failed"
+        };
+        // The error's own text names the URL, never a header or the body.
+        VendorError::transient(format!("{vendor} request {what}: {}", error_chain(e)))
+    }
+
+    /// The generic reading of an HTTP status that the vendor's own error
+    /// body did not explain.
+    pub fn from_status(vendor: ProviderName, status: u16, retry_after: Option<Duration>) -> Self {
+        let (kind, what) = match status {
+            401 | 403 => (ErrorKind::Credentials, "refused our credentials"),
+            408 | 429 => (ErrorKind::Transient, "asked us to slow down or try again"),
+            500..=599 => (ErrorKind::Transient, "had a server error"),
+            _ => (ErrorKind::Rejected, "rejected the request"),
+        };
+        VendorError {
+            kind,
+            message: format!("{vendor} {what} (HTTP {status})"),
+            vendor_code: None,
+            http_status: Some(status),
+            retry_after,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A vendor adapter.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn name(&self) -> ProviderName;
+    /// Whether this vendor can do the check at all.
+    fn supports(&self, check: Check) -> bool;
+    /// The vendor's own image size limit, when lower than ours.
+    fn max_image_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// One verification attempt. A vendor that could not analyse the image
+    /// answers `Ok` with an inconclusive assessment: that is a result.
+    async fn verify(&self, req: &VendorRequest<'_>) -> Result<Assessment, VendorError>;
+}
+
+/// Parses a `Retry-After` header given in seconds (the HTTP-date form is
+/// rare from APIs and is ignored rather than guessed at).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let secs: f64 = v.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+}

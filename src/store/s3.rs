@@ -1,0 +1,175 @@
+//! S3 (or any S3-compatible server) through the AWS SDK.
+
+use super::{FetchError, ImageStore};
+use crate::config::S3Config;
+use crate::domain::job::S3Uri;
+use async_trait::async_trait;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_http_client::tls;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::{Bytes, BytesMut};
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Store {
+    /// One client for the process: it pools connections (TCP_NODELAY on, so
+    /// small GETs are not held back by delayed acknowledgements).
+    pub async fn new(cfg: &S3Config) -> S3Store {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .operation_timeout(cfg.operation_timeout)
+            .build();
+        let mut b = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http.clone())
+            .region(Region::new(cfg.region.clone()))
+            .timeout_config(timeouts)
+            // Only the checksums S3 requires: S3-compatible servers differ in
+            // their support for the SDK's default CRC trailers.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .force_path_style(cfg.force_path_style);
+        if !cfg.endpoint.is_empty() {
+            b = b.endpoint_url(&cfg.endpoint);
+        }
+        if cfg.access_key_id.is_empty() {
+            // The standard chain: environment, web identity (IRSA), ECS, IMDS.
+            let shared = aws_config::defaults(BehaviorVersion::latest())
+                .http_client(http)
+                .region(Region::new(cfg.region.clone()))
+                .load()
+                .await;
+            if let Some(p) = shared.credentials_provider() {
+                b = b.credentials_provider(p);
+            }
+        } else {
+            b = b.credentials_provider(Credentials::new(
+                cfg.access_key_id.clone(),
+                cfg.secret_access_key.expose().to_owned(),
+                None,
+                None,
+                "liveness-worker-config",
+            ));
+        }
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+        }
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// Uploads an object (demo, tests, benchmark).
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> anyhow::Result<()> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("put s3://{bucket}/{key}: {}", describe(&e)))?;
+        Ok(())
+    }
+}
+
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!(
+                "{} ({})",
+                err.message().unwrap_or("no message"),
+                err.code().unwrap_or("no code")
+            )
+        }
+        SdkError::TimeoutError(_) => "timed out".into(),
+        other => {
+            let mut s = other.to_string();
+            let mut cur = std::error::Error::source(other);
+            while let Some(c) = cur {
+                s.push_str(": ");
+                s.push_str(&c.to_string());
+                cur = c.source();
+            }
+            s
+        }
+    }
+}
+
+#[async_trait]
+impl ImageStore for S3Store {
+    async fn fetch(&self, uri: &S3Uri, limit: u64) -> Result<Bytes, FetchError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    SdkError::ServiceError(s) => s.err().code().map(str::to_owned),
+                    _ => None,
+                };
+                match code.as_deref() {
+                    Some("NoSuchKey") => {
+                        FetchError::NotFound(format!("{uri} does not exist (no such key)"))
+                    }
+                    Some("NoSuchBucket") => {
+                        FetchError::NotFound(format!("{uri}: bucket {} does not exist", uri.bucket))
+                    }
+                    _ => FetchError::Transient(format!("could not read {uri}: {}", describe(&e))),
+                }
+            })?;
+        let declared = out.content_length().unwrap_or(0).max(0) as u64;
+        if declared > limit {
+            return Err(FetchError::TooLarge {
+                size: declared,
+                limit,
+            });
+        }
+        let mut body = out.body;
+        let mut buf = BytesMut::with_capacity(declared as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| FetchError::Transient(format!("reading {uri} failed: {e}")))?;
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(FetchError::TooLarge {
+                    size: (buf.len() + chunk.len()) as u64,
+                    limit,
+                });
+            }
+            // First chunk of a single-chunk body: keep it without copying.
+            if buf.is_empty() && chunk.len() as u64 == declared {
+                return Ok(chunk);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}

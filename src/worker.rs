@@ -1,0 +1,366 @@
+//! The consume loop: deliveries in, one task per job (bounded by the
+//! prefetch, which equals the concurrency), dispositions published with
+//! confirms, acks only after the confirm. Reconnects by itself; drains on
+//! shutdown.
+
+use crate::broker::{self, Names, PublishError};
+use crate::config::Config;
+use crate::pipeline::{self, Carried, Disposition, Pipeline, PipelineConfig};
+use crate::providers::Provider;
+use crate::providers::argos::Argos;
+use crate::store::S3Store;
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+/// The one HTTP client every vendor adapter shares: HTTP/1.1 with a
+/// keep-alive pool, one connection per request in flight. HTTP/2 would put
+/// every in-flight upload of several megabytes on one TCP connection and
+/// its flow-control window; vendors are HTTP/1.1-first anyway.
+pub fn vendor_http_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
+    // reqwest is built without a bundled crypto provider: use ring, which
+    // the S3 client uses too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(cfg.providers.connect_timeout)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(cfg.providers.pool_max_idle_per_host)
+        .user_agent(concat!("liveness-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot build the vendor HTTP client")
+}
+
+/// The pipeline with its real S3 store and vendor adapters.
+pub async fn build_pipeline(cfg: &Config) -> anyhow::Result<Arc<Pipeline>> {
+    let http = vendor_http_client(cfg)?;
+    let store = S3Store::new(&cfg.s3).await;
+    let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+    if !cfg.providers.argos.api_key.is_empty() {
+        providers.push(Arc::new(Argos::new(http, &cfg.providers.argos)?));
+    }
+    if providers.is_empty() {
+        anyhow::bail!(
+            "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY)"
+        );
+    }
+    Ok(Arc::new(Pipeline::new(
+        PipelineConfig::from_config(cfg),
+        Arc::new(store),
+        providers,
+    )))
+}
+
+/// Runs until `shutdown` is cancelled, then drains and returns Ok.
+/// Returns an error only for what a restart cannot fix by waiting
+/// (a topology conflict).
+pub async fn run(
+    cfg: Config,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let names = Arc::new(Names::new(&cfg.broker));
+    let mut reconnect_delay = Duration::from_millis(200);
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match session(&cfg, &pipeline, &names, &shutdown).await {
+            Ok(SessionEnd::Shutdown) => return Ok(()),
+            Ok(SessionEnd::Lost(why)) => {
+                tracing::warn!(reason = %why, "Broker connection lost, reconnecting");
+                reconnect_delay = Duration::from_millis(200);
+            }
+            Err(SessionError::Fatal(e)) => return Err(e),
+            Err(SessionError::Retry(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), delay_ms = reconnect_delay.as_millis() as u64, "Cannot reach the broker, retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(reconnect_delay.mul_f64(0.5 + fastrand::f64() / 2.0)) => {}
+        }
+        reconnect_delay = (reconnect_delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+enum SessionError {
+    Fatal(anyhow::Error),
+    Retry(anyhow::Error),
+}
+
+/// One connection's life: declare, consume, and end on shutdown or loss.
+async fn session(
+    cfg: &Config,
+    pipeline: &Arc<Pipeline>,
+    names: &Arc<Names>,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, SessionError> {
+    let conn = broker::connect(&cfg.broker)
+        .await
+        .map_err(SessionError::Retry)?;
+    broker::declare_topology(&conn, &cfg.broker)
+        .await
+        .map_err(|e| {
+            if e.to_string().contains("other arguments") {
+                SessionError::Fatal(e)
+            } else {
+                SessionError::Retry(e)
+            }
+        })?;
+    let publish_ch = broker::confirm_channel(&conn)
+        .await
+        .map_err(SessionError::Retry)?;
+    let consume_ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| SessionError::Retry(e.into()))?;
+    consume_ch
+        .basic_qos(cfg.worker.concurrency, BasicQosOptions::default())
+        .await
+        .map_err(|e| SessionError::Retry(e.into()))?;
+    let tag = format!(
+        "liveness-worker-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let mut consumer = consume_ch
+        .basic_consume(
+            names.jobs_queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| SessionError::Retry(e.into()))?;
+    tracing::info!(queue = %names.jobs_queue, concurrency = cfg.worker.concurrency, "Consuming jobs");
+
+    let broken = CancellationToken::new();
+    let ctx = Arc::new(JobContext {
+        pipeline: pipeline.clone(),
+        names: names.clone(),
+        publish_ch,
+        confirm_timeout: cfg.broker.confirm_timeout,
+        broken: broken.clone(),
+    });
+    let mut in_flight = JoinSet::new();
+    let end = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            _ = broken.cancelled() => break SessionEnd::Lost("the publishing channel failed".into()),
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let ctx = ctx.clone();
+                    in_flight.spawn(async move { ctx.handle(delivery).await });
+                }
+                Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                None => break SessionEnd::Lost("the consumer was cancelled by the broker".into()),
+            },
+        }
+    };
+
+    if matches!(end, SessionEnd::Shutdown) {
+        // Stop new deliveries, let in-flight jobs finish within the drain
+        // timeout; whatever is still unacked goes back to the queue when
+        // the channel closes.
+        let _ = consume_ch
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        let n = in_flight.len();
+        tracing::info!(
+            in_flight = n,
+            timeout_ms = cfg.worker.drain_timeout.as_millis() as u64,
+            "Draining"
+        );
+        let drained = tokio::time::timeout(cfg.worker.drain_timeout, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = in_flight.len(),
+                "Drain timeout reached; unfinished jobs return to the queue"
+            );
+            in_flight.abort_all();
+        }
+    } else {
+        in_flight.abort_all();
+    }
+    let _ = consume_ch.close(200, "bye".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(end)
+}
+
+struct JobContext {
+    pipeline: Arc<Pipeline>,
+    names: Arc<Names>,
+    publish_ch: Channel,
+    confirm_timeout: Duration,
+    /// Cancelled when the publishing channel is unusable: reconnect.
+    broken: CancellationToken,
+}
+
+#[derive(serde::Deserialize)]
+struct JobIdPeek {
+    job_id: Option<serde_json::Value>,
+}
+
+impl JobContext {
+    async fn handle(self: Arc<Self>, delivery: lapin::message::Delivery) {
+        let lapin::message::Delivery {
+            data,
+            properties,
+            acker,
+            ..
+        } = delivery;
+        let body = Bytes::from(data);
+        let job_id = serde_json::from_slice::<JobIdPeek>(&body)
+            .ok()
+            .and_then(|p| p.job_id)
+            .and_then(|v| v.as_str().map(|s| s.chars().take(128).collect::<String>()))
+            .unwrap_or_default();
+        let span = tracing::info_span!("job", job_id = %job_id);
+        async move {
+            let delivery_count = broker::delivery_count(&properties);
+            let carried = broker::carried(&properties);
+            let disposition = self.process_catching_panics(body.clone(), delivery_count, carried.clone()).await;
+            let label = disposition.label();
+            match self.publish(&disposition, &body, &properties).await {
+                Ok(()) => {
+                    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                        // The channel died after the confirm: the broker will
+                        // redeliver, and the duplicate is allowed (at least once).
+                        tracing::warn!(error = %e, "Ack failed after a confirmed publish; the job will be redelivered");
+                    } else {
+                        tracing::info!(outcome = %label, "Job done");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, outcome = %label, "Could not publish the outcome; returning the job to the queue");
+                    let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs the pipeline in its own task so a panic becomes an `internal`
+    /// dead letter instead of taking the worker down.
+    async fn process_catching_panics(
+        &self,
+        body: Bytes,
+        delivery_count: u32,
+        carried: Carried,
+    ) -> Disposition {
+        let pipeline = self.pipeline.clone();
+        let b = body.clone();
+        let c = carried.clone();
+        let task = tokio::spawn(async move {
+            pipeline
+                .process(&pipeline::Delivery {
+                    body: &b,
+                    delivery_count,
+                    carried: c,
+                })
+                .await
+        });
+        match task.await {
+            Ok(d) => d,
+            Err(e) => {
+                let what = if e.is_panic() {
+                    let p = e.into_panic();
+                    p.downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".into())
+                } else {
+                    "the job's task was cancelled".into()
+                };
+                tracing::error!(panic = %what, "Worker bug while processing a job");
+                self.pipeline.internal_dead_letter(&body, format!(
+                    "the worker hit a bug processing this job ({what}); report it with this dead letter, and replay once fixed"
+                ), carried)
+            }
+        }
+    }
+
+    /// Publishes the disposition; a nack or missing confirm is retried a few
+    /// times before the job goes back to the queue.
+    async fn publish(
+        &self,
+        d: &Disposition,
+        body: &Bytes,
+        props: &BasicProperties,
+    ) -> Result<(), PublishError> {
+        let corr = props.correlation_id().as_ref();
+        let (exchange, routing_key, payload, out_props): (&str, String, Vec<u8>, BasicProperties) =
+            match d {
+                Disposition::Publish(r) => (
+                    &self.names.results_exchange,
+                    r.routing_key(),
+                    serde_json::to_vec(r).expect("result serializes"),
+                    broker::json_props(Some(&r.job_id), corr),
+                ),
+                Disposition::DeadLetter(dl) => (
+                    &self.names.dead_exchange,
+                    dl.failure.class.as_str().to_owned(),
+                    serde_json::to_vec(dl).expect("dead letter serializes"),
+                    broker::json_props(dl.job_id.as_deref(), corr),
+                ),
+                Disposition::RetryLater {
+                    step,
+                    carried,
+                    reason,
+                } => {
+                    tracing::info!(step, reason = %reason, "Parking the job on the delay ladder");
+                    (
+                        "",
+                        self.names.retry_queues[*step].0.clone(),
+                        body.to_vec(),
+                        broker::ladder_props(props, carried),
+                    )
+                }
+            };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match broker::publish_confirmed(
+                &self.publish_ch,
+                exchange,
+                &routing_key,
+                &payload,
+                out_props.clone(),
+                self.confirm_timeout,
+            )
+            .await
+            {
+                Ok(()) => return Ok(()),
+                Err(PublishError::Channel(e)) => {
+                    self.broken.cancel();
+                    return Err(PublishError::Channel(e));
+                }
+                Err(e) if tries >= 3 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, tries, "Publish not confirmed, retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+            }
+        }
+    }
+}
