@@ -105,6 +105,19 @@ fn dead_letter_to(a: &mut FieldTable, exchange: &str, routing_key: &str) {
     );
 }
 
+/// The jobs queue's arguments: quorum, the delivery-limit backstop, and
+/// dead-lettering of raw jobs over it into the poison queue (through the
+/// default exchange, which routes by queue name).
+pub fn jobs_queue_args(c: &BrokerConfig) -> FieldTable {
+    let mut a = quorum_args();
+    a.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(c.delivery_limit as i32),
+    );
+    dead_letter_to(&mut a, "", &c.name(&c.poison_queue));
+    a
+}
+
 /// Declares everything the worker needs, idempotently. A queue that exists
 /// with other arguments makes RabbitMQ refuse (406): the error names the
 /// queue, the argument and both values.

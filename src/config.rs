@@ -275,11 +275,13 @@ impl Config {
 
     /// Defaults plus a TOML snippet: for tests and embedding.
     pub fn from_toml(overrides: &str) -> anyhow::Result<Config> {
-        Self::from_figment(
-            Figment::new()
-                .merge(Toml::string(DEFAULT_TOML))
-                .merge(Toml::string(overrides)),
-        )
+        Self::from_toml_layers(&[overrides])
+    }
+
+    /// Defaults plus TOML snippets, later ones winning key by key.
+    pub fn from_toml_layers(layers: &[&str]) -> anyhow::Result<Config> {
+        let base = Figment::new().merge(Toml::string(DEFAULT_TOML));
+        Self::from_figment(layers.iter().fold(base, |f, l| f.merge(Toml::string(l))))
     }
 
     fn from_figment(fig: Figment) -> anyhow::Result<Config> {

@@ -306,21 +306,22 @@ impl Pipeline {
                 ),
             ));
         }
-        for (field, uri) in [
+        let uris = [
             ("image", Some(&job.image)),
             ("back_image", job.back_image.as_ref()),
-        ] {
-            if let Some(uri) = uri {
-                if !self.cfg.allowed_buckets.iter().any(|b| b == &uri.bucket) {
-                    return Err(Failed::new(
-                        FailureClass::ForbiddenImageLocation,
-                        format!(
-                            "{field} {uri} is in bucket {}, which is not on this worker's allowlist (worker.allowed_buckets); \
+        ];
+        for (field, uri) in uris {
+            if let Some(uri) = uri
+                && !self.cfg.allowed_buckets.iter().any(|b| b == &uri.bucket)
+            {
+                return Err(Failed::new(
+                    FailureClass::ForbiddenImageLocation,
+                    format!(
+                        "{field} {uri} is in bucket {}, which is not on this worker's allowlist (worker.allowed_buckets); \
                              move the image or add the bucket to the allowlist, then replay",
-                            uri.bucket
-                        ),
-                    ));
-                }
+                        uri.bucket
+                    ),
+                ));
             }
         }
 

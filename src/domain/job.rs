@@ -453,7 +453,7 @@ mod tests {
     }
 
     fn err(body: &[u8]) -> InvalidJob {
-        parse_job(body, 65536).err().expect("should be invalid")
+        parse_job(body, 65536).expect_err("should be invalid")
     }
 
     #[test]
@@ -539,7 +539,7 @@ mod tests {
     #[test]
     fn oversized_body_not_parsed_and_echo_truncated() {
         let big = vec![b'{'; 200_000];
-        let e = parse_job(&big, 65536).err().unwrap();
+        let e = parse_job(&big, 65536).unwrap_err();
         assert_eq!(e.raw_body.unwrap().len(), RAW_BODY_ECHO_BYTES);
         assert!(e.message.contains("over the 65536-byte limit"));
     }

@@ -45,13 +45,12 @@ fn png_text(bytes: &[u8]) -> Option<&[u8]> {
         let len = u32::from_be_bytes(bytes[pos..pos + 4].try_into().ok()?) as usize;
         let kind = &bytes[pos + 4..pos + 8];
         let data = bytes.get(pos + 8..pos + 8 + len)?;
-        if kind == b"tEXt" {
-            if let Some(text) = data
+        if kind == b"tEXt"
+            && let Some(text) = data
                 .strip_prefix(SCENARIO_KEYWORD.as_bytes())
                 .and_then(|r| r.strip_prefix(b"\0"))
-            {
-                return Some(text);
-            }
+        {
+            return Some(text);
         }
         if kind == b"IDAT" || kind == b"IEND" {
             return None;
@@ -74,13 +73,12 @@ fn jpeg_comment(bytes: &[u8]) -> Option<&[u8]> {
         }
         let len = u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
         let data = bytes.get(pos + 4..pos + 2 + len)?;
-        if marker == 0xFE {
-            if let Some(text) = data
+        if marker == 0xFE
+            && let Some(text) = data
                 .strip_prefix(SCENARIO_KEYWORD.as_bytes())
                 .and_then(|r| r.strip_prefix(b"="))
-            {
-                return Some(text);
-            }
+        {
+            return Some(text);
         }
         pos += 2 + len;
     }

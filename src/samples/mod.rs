@@ -18,6 +18,7 @@ pub fn png(seed: u64, min_bytes: usize, scenario: Option<&str>) -> Vec<u8> {
     let height = (min_bytes / row).max(16) as u32;
     let mut raw = Vec::with_capacity(row * height as usize);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    #[allow(clippy::same_item_push)] // one filter byte per row, then the row
     for _ in 0..height {
         raw.push(0); // filter type: none
         for _ in 0..width * 3 {

@@ -1,1 +1,8 @@
-//! Integration tests against the real RabbitMQ and S3 (see scripts/test.sh).
+//! Integration tests against the real RabbitMQ and S3 (Garage), each test
+//! on its own randomly prefixed queues and S3 keys. Run through
+//! `scripts/test.sh`, which starts the services and exports their settings.
+
+mod dead_letters;
+mod delivery;
+mod harness;
+mod results;

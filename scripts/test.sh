@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's test command: starts RabbitMQ and Garage (installing what is
+# missing), then runs formatting, lints, unit tests and the integration tests
+# against the real services.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# One target directory outside the clone, so repeated runs reuse the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/liveness-worker/target}"
+
+eval "$(scripts/services.sh --print-env)"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+  # nextest does not run doctests.
+  cargo test --locked --doc
+else
+  cargo test --locked --no-fail-fast
+fi

@@ -1,0 +1,129 @@
+//! Delivery guarantees: nothing is acked before its confirm; a conflicting
+//! topology stops the worker with a message that names it.
+
+use crate::harness::TestEnv;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use liveness_worker::image::sha256_hex;
+use liveness_worker::samples;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_not_acked_until_its_result_is_confirmed() {
+    // No demo results queue: the only queue bound to the results exchange
+    // is one that refuses every message, so RabbitMQ nacks each result
+    // publish (publisher confirms report it).
+    let mut t = TestEnv::new("confirm", "[broker]\nresults_queue = \"\"").await;
+    t.start_worker().await;
+    let results_exchange = t.names.results_exchange.clone();
+    let bind = |q: String| {
+        let ch = t.ch.clone();
+        let ex = results_exchange.clone();
+        async move {
+            ch.queue_bind(
+                q.as_str().into(),
+                ex.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let blocker = format!("{}.blocker", t.prefix);
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    t.ch.queue_declare(
+        blocker.as_str().into(),
+        QueueDeclareOptions::default(),
+        args,
+    )
+    .await
+    .unwrap();
+    bind(blocker.clone()).await;
+
+    let img = samples::png(
+        5,
+        2000,
+        Some(r#"{"screen_replay":91,"printed_copy":92,"portrait_substitution":93}"#),
+    );
+    let sha = sha256_hex(&img);
+    let uri = t.upload("c.png", img).await;
+    t.publish(&t.job("confirm-1", "document", &uri)).await;
+
+    // The vendor answers, the result is refused, the job goes back to the
+    // queue and is verified again: it was never acked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while t.submissions_for(&sha).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was not redelivered after its result was refused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Let results through again: the job completes.
+    let collector = format!("{}.collector", t.prefix);
+    t.ch.queue_declare(
+        collector.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    bind(collector.clone()).await;
+    t.ch.queue_delete(blocker.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let got = t.take(&collector, 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].2["job_id"], "confirm-1");
+    assert_eq!(got[0].2["verdict"], "live");
+    // Every refused attempt was a real vendor call on a redelivery.
+    assert!(got[0].2["attempts"].as_u64().unwrap() >= 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.depth(&t.names.jobs_queue.clone()).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job stayed in the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.ch.queue_delete(collector.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_queue_stops_the_worker_naming_it() {
+    let t = TestEnv::new("conflict", "").await;
+    // The jobs queue already exists with another delivery limit.
+    let mut args = liveness_worker::broker::jobs_queue_args(&t.cfg.broker);
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(7));
+    let q = t.names.jobs_queue.clone();
+    t.ch.queue_declare(q.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .unwrap();
+
+    let pipeline = liveness_worker::worker::build_pipeline(&t.cfg)
+        .await
+        .unwrap();
+    let run = liveness_worker::worker::run(t.cfg.clone(), pipeline, Default::default());
+    let err = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("fails fast")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&q), "{err}");
+    assert!(err.contains("x-delivery-limit"), "{err}");
+    assert!(
+        err.contains("'7'") && err.contains("'20'"),
+        "both values named: {err}"
+    );
+    t.finish().await;
+}

@@ -1,0 +1,357 @@
+//! An isolated worker per test: its own broker prefix (so its own queues),
+//! its own S3 key prefix, its own emulator on an ephemeral port; the real
+//! RabbitMQ and Garage underneath. Settings come from the environment that
+//! `scripts/services.sh` writes (scripts/test.sh sources it).
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use liveness_worker::broker::Names;
+use liveness_worker::config::Config;
+use liveness_worker::emulator::{Emulator, EmulatorConfig};
+use liveness_worker::store::S3Store;
+use liveness_worker::worker;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through scripts/test.sh, which starts RabbitMQ and Garage and exports their settings")
+    })
+}
+
+pub fn images_bucket() -> String {
+    env("LIVENESS_TEST_IMAGES_BUCKET")
+}
+
+/// A TOML snippet with the real services' settings and a unique prefix.
+pub fn base_toml(prefix: &str, argos_url: &str, argos_key: &str) -> String {
+    format!(
+        r#"
+[broker]
+url = "{url}"
+prefix = "{prefix}"
+retry_delays = ["300ms", "300ms"]
+confirm_timeout = "5s"
+[worker]
+concurrency = 16
+allowed_buckets = ["{bucket}"]
+job_deadline = "20s"
+drain_timeout = "5s"
+[retry]
+attempts_per_delivery = 2
+initial_backoff = "50ms"
+max_backoff = "200ms"
+max_retry_after = "2s"
+credentials_park_step = 0
+[s3]
+endpoint = "{endpoint}"
+region = "{region}"
+access_key_id = "{ak}"
+secret_access_key = "{sk}"
+force_path_style = true
+[providers.argos]
+base_url = "{argos_url}/modules"
+api_key = "{argos_key}"
+timeout = "10s"
+[telemetry]
+log_format = "text"
+log_level = "warn"
+"#,
+        url = env("LIVENESS_BROKER__URL"),
+        bucket = images_bucket(),
+        endpoint = env("LIVENESS_S3__ENDPOINT"),
+        region = env("LIVENESS_S3__REGION"),
+        ak = env("LIVENESS_S3__ACCESS_KEY_ID"),
+        sk = env("LIVENESS_S3__SECRET_ACCESS_KEY"),
+    )
+}
+
+pub fn unique(tag: &str) -> String {
+    format!("it-{tag}-{:08x}", fastrand::u32(..))
+}
+
+pub struct TestEnv {
+    pub prefix: String,
+    pub cfg: Config,
+    pub names: Names,
+    pub emulator: Emulator,
+    pub store: S3Store,
+    pub conn: Connection,
+    pub ch: Channel,
+    shutdown: CancellationToken,
+    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestEnv {
+    /// Emulator, config and a connection; the worker is not started yet.
+    pub async fn new(tag: &str, extra_toml: &str) -> TestEnv {
+        let prefix = unique(tag);
+        let key = format!("key-{}", fastrand::u64(..));
+        let emulator = Emulator::start(EmulatorConfig::local(&key))
+            .await
+            .expect("emulator starts");
+        let base = base_toml(&prefix, &emulator.base_url(), &key);
+        let cfg = Config::from_toml_layers(&[&base, extra_toml]).expect("test config is valid");
+        liveness_worker::telemetry::init(&cfg.telemetry);
+        let names = Names::new(&cfg.broker);
+        let store = S3Store::new(&cfg.s3).await;
+        let conn = Connection::connect(cfg.broker.url.expose(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is reachable");
+        let ch = liveness_worker::broker::confirm_channel(&conn)
+            .await
+            .expect("channel");
+        TestEnv {
+            prefix,
+            cfg,
+            names,
+            emulator,
+            store,
+            conn,
+            ch,
+            shutdown: CancellationToken::new(),
+            worker: None,
+        }
+    }
+
+    /// Starts the worker and waits until it consumes.
+    pub async fn start(tag: &str, extra_toml: &str) -> TestEnv {
+        let mut t = TestEnv::new(tag, extra_toml).await;
+        t.start_worker().await;
+        t
+    }
+
+    pub async fn start_worker(&mut self) {
+        let pipeline = worker::build_pipeline(&self.cfg)
+            .await
+            .expect("pipeline builds");
+        let (cfg, shutdown) = (self.cfg.clone(), self.shutdown.clone());
+        self.worker = Some(tokio::spawn(worker::run(cfg, pipeline, shutdown)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self
+                .consumers(&self.names.jobs_queue.clone())
+                .await
+                .unwrap_or(0)
+                > 0
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "worker did not start consuming");
+            assert!(
+                !self.worker.as_ref().unwrap().is_finished(),
+                "worker exited early"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Consumer count of a queue (None if it does not exist yet).
+    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+        let ch = self.conn.create_channel().await.ok()?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = ch.close(200, "".into()).await;
+        Some(q.consumer_count())
+    }
+
+    /// Ready messages in a queue.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = ch.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// Uploads an object under this test's key prefix; returns its s3:// URI.
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> String {
+        let bucket = images_bucket();
+        let key = format!("{}/{name}", self.prefix);
+        self.store
+            .put(&bucket, &key, bytes.into(), "application/octet-stream")
+            .await
+            .expect("upload");
+        format!("s3://{bucket}/{key}")
+    }
+
+    pub fn job(&self, id: &str, check: &str, image: &str) -> Value {
+        serde_json::json!({"schema": "liveness.job.v1", "job_id": id, "check": check, "image": image})
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], props: BasicProperties) {
+        let c = self
+            .ch
+            .basic_publish(
+                self.names.jobs_exchange.as_str().into(),
+                self.names.jobs_routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(c.is_ack(), "job publish not confirmed");
+    }
+
+    pub async fn publish(&self, job: &Value) {
+        let id = job["job_id"].as_str().unwrap_or("x").to_owned();
+        self.publish_raw(
+            &serde_json::to_vec(job).unwrap(),
+            BasicProperties::default().with_message_id(id.as_str().into()),
+        )
+        .await;
+    }
+
+    /// Waits for `n` messages on a queue; returns (routing key, properties, JSON body).
+    pub async fn take(
+        &self,
+        queue: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(String, BasicProperties, Value)> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self
+                .ch
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .expect("basic_get")
+            {
+                Some(m) => {
+                    let d = m.delivery;
+                    let v: Value = serde_json::from_slice(&d.data).expect("worker output is JSON");
+                    d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    out.push((d.routing_key.to_string(), d.properties, v));
+                }
+                None => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "timed out on {queue}: got {} of {n} messages: {:#?}",
+                        out.len(),
+                        out.iter().map(|(_, _, v)| v).collect::<Vec<_>>()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn results(&self, n: usize) -> HashMap<String, (String, BasicProperties, Value)> {
+        let q = self.names.results_queue.clone().expect("results queue");
+        by_job_id(self.take(&q, n, Duration::from_secs(60)).await)
+    }
+
+    pub async fn dead_letters(
+        &self,
+        n: usize,
+    ) -> HashMap<String, (String, BasicProperties, Value)> {
+        by_job_id(
+            self.take(&self.names.dead_queue.clone(), n, Duration::from_secs(60))
+                .await,
+        )
+    }
+
+    /// `GET /_admin/calls` of the emulator.
+    pub async fn calls(&self) -> Value {
+        reqwest::get(format!("{}/_admin/calls", self.emulator.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn submissions_for(&self, sha256: &str) -> u64 {
+        self.calls().await["argos"]["by_image"][sha256]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Stops the worker (drain) and deletes this test's queues and exchanges.
+    pub async fn finish(mut self) {
+        self.shutdown.cancel();
+        if let Some(w) = self.worker.take() {
+            let r = tokio::time::timeout(Duration::from_secs(20), w)
+                .await
+                .expect("worker drains in time");
+            r.expect("worker task").expect("worker exits cleanly");
+        }
+        let mut queues = vec![
+            self.names.jobs_queue.clone(),
+            self.names.dead_queue.clone(),
+            self.names.poison_queue.clone(),
+        ];
+        queues.extend(self.names.results_queue.clone());
+        queues.extend(self.names.retry_queues.iter().map(|(q, _)| q.clone()));
+        for q in queues {
+            let _ = self
+                .ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for e in [
+            &self.names.jobs_exchange,
+            &self.names.results_exchange,
+            &self.names.dead_exchange,
+        ] {
+            let _ = self
+                .ch
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.conn.close(200, "".into()).await;
+    }
+}
+
+fn by_job_id(
+    msgs: Vec<(String, BasicProperties, Value)>,
+) -> HashMap<String, (String, BasicProperties, Value)> {
+    let mut m = HashMap::new();
+    for (rk, p, v) in msgs {
+        let id = v["job_id"].as_str().unwrap_or("<null>").to_owned();
+        assert!(
+            m.insert(id.clone(), (rk, p, v)).is_none(),
+            "two messages for job {id}"
+        );
+    }
+    m
+}
+
+pub fn int_header(v: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(v)
+}
+
+pub fn corr(p: &BasicProperties) -> Option<String> {
+    p.correlation_id().as_ref().map(ShortString::to_string)
+}
