@@ -219,6 +219,8 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Address of the metrics and probes endpoint; empty disables it.
+    pub listen: String,
 }
 
 /// Where configuration comes from besides the compiled-in defaults.
@@ -397,6 +399,18 @@ impl Config {
         check(
             !self.s3.region.is_empty(),
             "s3.region must not be empty".into(),
+        );
+        check(
+            self.telemetry.listen.is_empty()
+                || self
+                    .telemetry
+                    .listen
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok(),
+            format!(
+                "telemetry.listen must be host:port (an IP address) or empty, got {:?}",
+                self.telemetry.listen
+            ),
         );
         let a = &self.providers.argos;
         check(

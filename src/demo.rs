@@ -116,10 +116,10 @@ const SAMPLES: &[Sample] = &[
 
 pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(sources)?;
-    crate::telemetry::init(&crate::config::TelemetryConfig {
-        log_format: crate::config::LogFormat::Text,
-        log_level: "warn".into(),
-    });
+    let mut log_cfg = cfg.telemetry.clone();
+    log_cfg.log_format = crate::config::LogFormat::Text;
+    log_cfg.log_level = "error".into();
+    crate::telemetry::init(&log_cfg);
     let run_id = format!("{:08x}", fastrand::u32(..));
     let api_key = format!("demo-{}", fastrand::u64(..));
     let emulator = Emulator::start(EmulatorConfig {
@@ -182,9 +182,15 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
     broker::declare_topology(&conn, &cfg.broker).await?;
     let ch = broker::confirm_channel(&conn).await?;
 
-    let pipeline = crate::worker::build_pipeline(&cfg).await?;
+    let telemetry = crate::telemetry::Telemetry::default();
+    let pipeline = crate::worker::build_pipeline(&cfg, telemetry.metrics.clone()).await?;
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(crate::worker::run(cfg.clone(), pipeline, shutdown.clone()));
+    let worker = tokio::spawn(crate::worker::run(
+        cfg.clone(),
+        pipeline,
+        telemetry,
+        shutdown.clone(),
+    ));
 
     // Jobs: mostly good samples, one in twenty deliberately bad.
     let mut published: HashMap<String, Instant> = HashMap::new();

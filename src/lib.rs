@@ -30,3 +30,9 @@ pub mod schema;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
+
+/// Selects ring as the process's TLS crypto provider (reqwest is built
+/// without one, and the S3 client uses ring too). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

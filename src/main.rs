@@ -2,6 +2,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use liveness_worker::config::{Config, Sources};
 use liveness_worker::emulator::{Emulator, EmulatorConfig, Faults};
+use liveness_worker::telemetry::Telemetry;
 use liveness_worker::{demo, schema, telemetry, worker};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    liveness_worker::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,10 +81,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let cfg = Config::load(&sources)?;
             telemetry::init(&cfg.telemetry);
-            let pipeline = worker::build_pipeline(&cfg).await?;
+            let telemetry = Telemetry::default();
+            if !cfg.telemetry.listen.is_empty() {
+                let addr = cfg.telemetry.listen.parse().expect("validated");
+                let bound = telemetry::serve(addr, telemetry.clone())
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (telemetry.listen)"))?;
+                tracing::info!(addr = %bound, "Serving /metrics, /livez and /readyz");
+            }
+            let pipeline = worker::build_pipeline(&cfg, telemetry.metrics.clone()).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(on_signal(shutdown.clone()));
-            worker::run(cfg, pipeline, shutdown).await
+            worker::run(cfg, pipeline, telemetry, shutdown).await
         }
         Command::Emulator {
             listen,

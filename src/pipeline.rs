@@ -11,6 +11,7 @@ use crate::domain::{Check, ProviderName};
 use crate::image::{describe_prefix, sha256_hex, sniff_content_type};
 use crate::providers::{ErrorKind, Image, Provider, VendorError, VendorRequest};
 use crate::store::{FetchError, ImageStore};
+use crate::telemetry::Metrics;
 use backon::BackoffBuilder as _;
 use base64::Engine as _;
 use serde_json::value::RawValue;
@@ -93,6 +94,8 @@ pub enum Disposition {
         step: usize,
         carried: Carried,
         reason: String,
+        check: Check,
+        provider: Option<ProviderName>,
     },
 }
 
@@ -104,12 +107,43 @@ impl Disposition {
             Disposition::RetryLater { step, .. } => format!("retry step {step}"),
         }
     }
+
+    /// Counts the disposition once its publish was confirmed.
+    pub fn record(&self, m: &Metrics) {
+        let vendor = |p: Option<ProviderName>| p.map_or("none", ProviderName::as_str);
+        match self {
+            Disposition::Publish(r) => m.job_finished(
+                "result",
+                r.verdict.as_str(),
+                r.check.as_str(),
+                r.provider.as_str(),
+            ),
+            Disposition::DeadLetter(d) => {
+                let check = d
+                    .job
+                    .as_ref()
+                    .and_then(|j| serde_json::from_str::<serde_json::Value>(j.get()).ok())
+                    .and_then(|j| {
+                        j.get("check")
+                            .and_then(|c| c.as_str())
+                            .and_then(Check::parse)
+                    })
+                    .map_or("unknown", Check::as_str);
+                m.job_finished("dead_letter", "none", check, vendor(d.failure.provider));
+                m.dead_letter(d.failure.class.as_str(), vendor(d.failure.provider));
+            }
+            Disposition::RetryLater {
+                check, provider, ..
+            } => m.job_finished("retry_later", "none", check.as_str(), vendor(*provider)),
+        }
+    }
 }
 
 pub struct Pipeline {
     cfg: PipelineConfig,
     store: Arc<dyn ImageStore>,
     providers: HashMap<ProviderName, Arc<dyn Provider>>,
+    metrics: Arc<Metrics>,
 }
 
 /// A failure before a verdict, with everything its dead letter needs.
@@ -119,6 +153,8 @@ struct Failed {
     transient: bool,
     /// Vendor credentials refused: park without using the budget.
     credentials: bool,
+    /// The vendor involved, once one was chosen.
+    provider: Option<ProviderName>,
 }
 
 impl Failed {
@@ -127,6 +163,7 @@ impl Failed {
             failure: Failure::new(class, message),
             transient: false,
             credentials: false,
+            provider: None,
         }
     }
 }
@@ -136,12 +173,14 @@ impl Pipeline {
         cfg: PipelineConfig,
         store: Arc<dyn ImageStore>,
         providers: Vec<Arc<dyn Provider>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let providers = providers.into_iter().map(|p| (p.name(), p)).collect();
         Pipeline {
             cfg,
             store,
             providers,
+            metrics,
         }
     }
 
@@ -219,6 +258,8 @@ impl Pipeline {
                     first_received_at: Some(first_received_at),
                 },
                 reason: f.failure.message,
+                check: job.check,
+                provider: f.provider,
             },
             Err(f) if f.transient && (d.carried.ladder_step as usize) < self.cfg.ladder_len => {
                 Disposition::RetryLater {
@@ -229,6 +270,8 @@ impl Pipeline {
                         first_received_at: Some(first_received_at),
                     },
                     reason: f.failure.message,
+                    check: job.check,
+                    provider: f.provider,
                 }
             }
             Err(mut f) => {
@@ -370,6 +413,7 @@ impl Pipeline {
             f.failure.http_status = e.http_status;
             f.transient = e.kind == ErrorKind::Transient;
             f.credentials = e.kind == ErrorKind::Credentials;
+            f.provider = Some(provider_name);
             f
         })?;
         let vendor_ms = vendor_started.elapsed().as_millis() as u64;
@@ -387,7 +431,16 @@ impl Pipeline {
     ) -> Result<Image, Failed> {
         let mut delays = self.backoff(deadline);
         let bytes = loop {
-            match self.store.fetch(uri, limit).await {
+            let started = Instant::now();
+            let fetched = self.store.fetch(uri, limit).await;
+            let outcome = match &fetched {
+                Ok(_) => "ok",
+                Err(FetchError::NotFound(_)) => "not_found",
+                Err(FetchError::TooLarge { .. }) => "too_large",
+                Err(FetchError::Transient(_)) => "error",
+            };
+            self.metrics.s3_fetch(outcome, started.elapsed());
+            match fetched {
                 Ok(b) => break b,
                 Err(FetchError::NotFound(m)) => {
                     return Err(Failed::new(
@@ -416,6 +469,7 @@ impl Pipeline {
                 },
             }
         };
+        self.metrics.image(bytes.len());
         if bytes.is_empty() {
             return Err(Failed::new(
                 FailureClass::ImageRejected,
@@ -463,6 +517,7 @@ impl Pipeline {
         loop {
             *attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
             let outcome = match tokio::time::timeout(remaining, provider.verify(req)).await {
                 Ok(r) => r,
                 Err(_) => Err(VendorError::transient(format!(
@@ -471,6 +526,19 @@ impl Pipeline {
                     self.cfg.job_deadline
                 ))),
             };
+            let label = match &outcome {
+                Ok(_) => "ok",
+                Err(e) => match e.kind {
+                    ErrorKind::Transient => "transient",
+                    ErrorKind::Rejected => "rejected",
+                    ErrorKind::Credentials => "credentials",
+                },
+            };
+            self.metrics
+                .vendor_call(provider.name(), label, started.elapsed());
+            // Any answer but a credentials refusal shows the key works.
+            self.metrics
+                .set_paused(provider.name(), label == "credentials");
             let e = match outcome {
                 Ok(a) => return Ok(a),
                 Err(e) if e.kind != ErrorKind::Transient => return Err(e),
@@ -489,6 +557,7 @@ impl Pipeline {
                 return Err(e);
             }
             tracing::warn!(error = %e, attempt = *attempts, delay_ms = wait.as_millis() as u64, "Vendor call failed, retrying");
+            self.metrics.vendor_retry(provider.name());
             tokio::time::sleep(wait).await;
         }
     }

@@ -1,10 +1,31 @@
-//! Logging: JSON lines in production, readable text on a terminal.
+//! Telemetry: logs (JSON in production, readable on a terminal), Prometheus
+//! metrics and the liveness/readiness probes, served on one HTTP port.
+//!
+//! Metric labels are low-cardinality by construction: every label value
+//! comes from a closed set (check, verdict, vendor, failure class, outcome),
+//! never from a job.
 
 use crate::config::{LogFormat, TelemetryConfig};
+use crate::domain::ProviderName;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber once; later calls are no-ops (tests).
+/// Installs the global log subscriber once; later calls are no-ops (tests).
 pub fn init(cfg: &TelemetryConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
@@ -27,4 +48,303 @@ pub fn init(cfg: &TelemetryConfig) {
     } else {
         builder.try_init()
     };
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    outcome: &'static str,
+    verdict: &'static str,
+    check: &'static str,
+    vendor: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLabels {
+    class: &'static str,
+    vendor: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VendorLabels {
+    vendor: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VendorOutcome {
+    vendor: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// Every metric the worker exports.
+pub struct Metrics {
+    registry: Registry,
+    jobs: Family<JobLabels, Counter>,
+    dead_letters: Family<DeadLabels, Counter>,
+    vendor_duration: Family<VendorOutcome, Histogram>,
+    vendor_retries: Family<VendorLabels, Counter>,
+    s3_duration: Family<Outcome, Histogram>,
+    in_flight: Gauge,
+    image_bytes: Histogram,
+    vendor_paused: Family<VendorLabels, Gauge>,
+    publish_failures: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms to ~40 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("liveness");
+        let jobs = Family::<JobLabels, Counter>::default();
+        registry.register("jobs", "Jobs finished, by outcome (result, dead_letter, retry_later), verdict, check and vendor", jobs.clone());
+        let dead_letters = Family::<DeadLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Dead letters published, by failure class and vendor",
+            dead_letters.clone(),
+        );
+        let vendor_duration = Family::<VendorOutcome, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "vendor_request_duration_seconds",
+            "Vendor verification attempts, by vendor and outcome",
+            vendor_duration.clone(),
+        );
+        let vendor_retries = Family::<VendorLabels, Counter>::default();
+        registry.register(
+            "vendor_retries",
+            "Vendor attempts repeated in process after a transient failure",
+            vendor_retries.clone(),
+        );
+        let s3_duration = Family::<Outcome, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "s3_fetch_duration_seconds",
+            "Image fetches from S3, by outcome",
+            s3_duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "jobs_in_flight",
+            "Jobs being processed by this replica",
+            in_flight.clone(),
+        );
+        // 4 KiB to 16 MiB.
+        let image_bytes = Histogram::new(exponential_buckets(4096.0, 2.0, 13));
+        registry.register(
+            "image_bytes",
+            "Sizes of the images fetched",
+            image_bytes.clone(),
+        );
+        let vendor_paused = Family::<VendorLabels, Gauge>::default();
+        registry.register(
+            "vendor_paused",
+            "1 while a vendor rejects our credentials (its jobs are parked), else 0",
+            vendor_paused.clone(),
+        );
+        let publish_failures = Counter::default();
+        registry.register(
+            "publish_failures",
+            "Outcomes the broker did not confirm (the job went back to the queue)",
+            publish_failures.clone(),
+        );
+        let m = Metrics {
+            registry,
+            jobs,
+            dead_letters,
+            vendor_duration,
+            vendor_retries,
+            s3_duration,
+            in_flight,
+            image_bytes,
+            vendor_paused,
+            publish_failures,
+        };
+        for p in ProviderName::ALL {
+            m.vendor_paused
+                .get_or_create(&VendorLabels { vendor: p.as_str() })
+                .set(0);
+        }
+        m
+    }
+
+    pub fn job_finished(
+        &self,
+        outcome: &'static str,
+        verdict: &'static str,
+        check: &'static str,
+        vendor: &'static str,
+    ) {
+        self.jobs
+            .get_or_create(&JobLabels {
+                outcome,
+                verdict,
+                check,
+                vendor,
+            })
+            .inc();
+    }
+
+    pub fn dead_letter(&self, class: &'static str, vendor: &'static str) {
+        self.dead_letters
+            .get_or_create(&DeadLabels { class, vendor })
+            .inc();
+    }
+
+    pub fn vendor_call(&self, vendor: ProviderName, outcome: &'static str, took: Duration) {
+        self.vendor_duration
+            .get_or_create(&VendorOutcome {
+                vendor: vendor.as_str(),
+                outcome,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn vendor_retry(&self, vendor: ProviderName) {
+        self.vendor_retries
+            .get_or_create(&VendorLabels {
+                vendor: vendor.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn s3_fetch(&self, outcome: &'static str, took: Duration) {
+        self.s3_duration
+            .get_or_create(&Outcome { outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn image(&self, bytes: usize) {
+        self.image_bytes.observe(bytes as f64);
+    }
+
+    pub fn set_paused(&self, vendor: ProviderName, paused: bool) {
+        self.vendor_paused
+            .get_or_create(&VendorLabels {
+                vendor: vendor.as_str(),
+            })
+            .set(paused as i64);
+    }
+
+    pub fn publish_failed(&self) {
+        self.publish_failures.inc();
+    }
+
+    /// Counts a job in flight until the guard drops.
+    pub fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.clone())
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a String cannot fail");
+        out
+    }
+}
+
+pub struct InFlight(Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// What the probes report.
+#[derive(Default)]
+pub struct Health {
+    consuming: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn set_consuming(&self, v: bool) {
+        self.consuming.store(v, Ordering::SeqCst);
+    }
+    pub fn set_draining(&self, v: bool) {
+        self.draining.store(v, Ordering::SeqCst);
+    }
+    /// Connected and consuming, not draining, no vendor paused.
+    pub fn ready(&self, metrics: &Metrics) -> Result<(), String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining".into());
+        }
+        if !self.consuming.load(Ordering::SeqCst) {
+            return Err("not consuming (connecting to the broker)".into());
+        }
+        let paused: Vec<&str> = ProviderName::ALL
+            .into_iter()
+            .filter(|p| {
+                metrics
+                    .vendor_paused
+                    .get_or_create(&VendorLabels { vendor: p.as_str() })
+                    .get()
+                    > 0
+            })
+            .map(ProviderName::as_str)
+            .collect();
+        if !paused.is_empty() {
+            return Err(format!("paused vendors: {}", paused.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+/// Metrics and health, shared by the worker and the HTTP endpoint.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+/// Serves `/metrics`, `/livez` and `/readyz`; returns the bound address.
+pub async fn serve(addr: SocketAddr, t: Telemetry) -> anyhow::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(t);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "Telemetry server failed");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(t): State<Telemetry>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        t.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(t): State<Telemetry>) -> Response {
+    match t.health.ready(&t.metrics) {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }

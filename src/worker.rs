@@ -9,6 +9,7 @@ use crate::pipeline::{self, Carried, Disposition, Pipeline, PipelineConfig};
 use crate::providers::Provider;
 use crate::providers::argos::Argos;
 use crate::store::S3Store;
+use crate::telemetry::{Metrics, Telemetry};
 use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -28,9 +29,7 @@ use tracing::Instrument as _;
 /// every in-flight upload of several megabytes on one TCP connection and
 /// its flow-control window; vendors are HTTP/1.1-first anyway.
 pub fn vendor_http_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
-    // reqwest is built without a bundled crypto provider: use ring, which
-    // the S3 client uses too.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(cfg.providers.connect_timeout)
         .tcp_nodelay(true)
@@ -41,7 +40,7 @@ pub fn vendor_http_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
 }
 
 /// The pipeline with its real S3 store and vendor adapters.
-pub async fn build_pipeline(cfg: &Config) -> anyhow::Result<Arc<Pipeline>> {
+pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Pipeline>> {
     let http = vendor_http_client(cfg)?;
     let store = S3Store::new(&cfg.s3).await;
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
@@ -57,6 +56,7 @@ pub async fn build_pipeline(cfg: &Config) -> anyhow::Result<Arc<Pipeline>> {
         PipelineConfig::from_config(cfg),
         Arc::new(store),
         providers,
+        metrics,
     )))
 }
 
@@ -66,6 +66,7 @@ pub async fn build_pipeline(cfg: &Config) -> anyhow::Result<Arc<Pipeline>> {
 pub async fn run(
     cfg: Config,
     pipeline: Arc<Pipeline>,
+    telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let names = Arc::new(Names::new(&cfg.broker));
@@ -74,7 +75,9 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        match session(&cfg, &pipeline, &names, &shutdown).await {
+        let result = session(&cfg, &pipeline, &names, &telemetry, &shutdown).await;
+        telemetry.health.set_consuming(false);
+        match result {
             Ok(SessionEnd::Shutdown) => return Ok(()),
             Ok(SessionEnd::Lost(why)) => {
                 tracing::warn!(reason = %why, "Broker connection lost, reconnecting");
@@ -108,6 +111,7 @@ async fn session(
     cfg: &Config,
     pipeline: &Arc<Pipeline>,
     names: &Arc<Names>,
+    telemetry: &Telemetry,
     shutdown: &CancellationToken,
 ) -> Result<SessionEnd, SessionError> {
     let conn = broker::connect(&cfg.broker)
@@ -148,6 +152,7 @@ async fn session(
         .await
         .map_err(|e| SessionError::Retry(e.into()))?;
     tracing::info!(queue = %names.jobs_queue, concurrency = cfg.worker.concurrency, "Consuming jobs");
+    telemetry.health.set_consuming(true);
 
     let broken = CancellationToken::new();
     let ctx = Arc::new(JobContext {
@@ -156,6 +161,7 @@ async fn session(
         publish_ch,
         confirm_timeout: cfg.broker.confirm_timeout,
         broken: broken.clone(),
+        metrics: telemetry.metrics.clone(),
     });
     let mut in_flight = JoinSet::new();
     let end = loop {
@@ -175,6 +181,8 @@ async fn session(
     };
 
     if matches!(end, SessionEnd::Shutdown) {
+        // Not ready from here on, so orchestrators stop routing to us first.
+        telemetry.health.set_draining(true);
         // Stop new deliveries, let in-flight jobs finish within the drain
         // timeout; whatever is still unacked goes back to the queue when
         // the channel closes.
@@ -213,6 +221,7 @@ struct JobContext {
     confirm_timeout: Duration,
     /// Cancelled when the publishing channel is unusable: reconnect.
     broken: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(serde::Deserialize)]
@@ -222,6 +231,7 @@ struct JobIdPeek {
 
 impl JobContext {
     async fn handle(self: Arc<Self>, delivery: lapin::message::Delivery) {
+        let _in_flight = self.metrics.in_flight();
         let lapin::message::Delivery {
             data,
             properties,
@@ -242,6 +252,7 @@ impl JobContext {
             let label = disposition.label();
             match self.publish(&disposition, &body, &properties).await {
                 Ok(()) => {
+                    disposition.record(&self.metrics);
                     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
                         // The channel died after the confirm: the broker will
                         // redeliver, and the duplicate is allowed (at least once).
@@ -251,6 +262,7 @@ impl JobContext {
                     }
                 }
                 Err(e) => {
+                    self.metrics.publish_failed();
                     tracing::warn!(error = %e, outcome = %label, "Could not publish the outcome; returning the job to the queue");
                     let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 }
@@ -271,15 +283,18 @@ impl JobContext {
         let pipeline = self.pipeline.clone();
         let b = body.clone();
         let c = carried.clone();
-        let task = tokio::spawn(async move {
-            pipeline
-                .process(&pipeline::Delivery {
+        // The job's span (with its job_id) follows it into the task.
+        let task = tokio::spawn(
+            async move {
+                let d = pipeline::Delivery {
                     body: &b,
                     delivery_count,
                     carried: c,
-                })
-                .await
-        });
+                };
+                pipeline.process(&d).await
+            }
+            .instrument(tracing::Span::current()),
+        );
         match task.await {
             Ok(d) => d,
             Err(e) => {
@@ -327,6 +342,7 @@ impl JobContext {
                     step,
                     carried,
                     reason,
+                    ..
                 } => {
                     tracing::info!(step, reason = %reason, "Parking the job on the delay ladder");
                     (

@@ -110,10 +110,15 @@ async fn a_conflicting_queue_stops_the_worker_naming_it() {
         .await
         .unwrap();
 
-    let pipeline = liveness_worker::worker::build_pipeline(&t.cfg)
+    let pipeline = liveness_worker::worker::build_pipeline(&t.cfg, t.telemetry.metrics.clone())
         .await
         .unwrap();
-    let run = liveness_worker::worker::run(t.cfg.clone(), pipeline, Default::default());
+    let run = liveness_worker::worker::run(
+        t.cfg.clone(),
+        pipeline,
+        t.telemetry.clone(),
+        Default::default(),
+    );
     let err = tokio::time::timeout(Duration::from_secs(20), run)
         .await
         .expect("fails fast")

@@ -13,6 +13,7 @@ use liveness_worker::broker::Names;
 use liveness_worker::config::Config;
 use liveness_worker::emulator::{Emulator, EmulatorConfig};
 use liveness_worker::store::S3Store;
+use liveness_worker::telemetry::Telemetry;
 use liveness_worker::worker;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -84,7 +85,10 @@ pub struct TestEnv {
     pub store: S3Store,
     pub conn: Connection,
     pub ch: Channel,
-    shutdown: CancellationToken,
+    pub telemetry: Telemetry,
+    /// Where this test's /metrics, /livez and /readyz are served.
+    pub telemetry_addr: std::net::SocketAddr,
+    pub shutdown: CancellationToken,
     worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -93,6 +97,7 @@ impl TestEnv {
     pub async fn new(tag: &str, extra_toml: &str) -> TestEnv {
         let prefix = unique(tag);
         let key = format!("key-{}", fastrand::u64(..));
+        liveness_worker::install_crypto_provider();
         let emulator = Emulator::start(EmulatorConfig::local(&key))
             .await
             .expect("emulator starts");
@@ -107,6 +112,11 @@ impl TestEnv {
         let ch = liveness_worker::broker::confirm_channel(&conn)
             .await
             .expect("channel");
+        let telemetry = Telemetry::default();
+        let telemetry_addr =
+            liveness_worker::telemetry::serve(([127, 0, 0, 1], 0).into(), telemetry.clone())
+                .await
+                .expect("telemetry endpoint");
         TestEnv {
             prefix,
             cfg,
@@ -115,6 +125,8 @@ impl TestEnv {
             store,
             conn,
             ch,
+            telemetry,
+            telemetry_addr,
             shutdown: CancellationToken::new(),
             worker: None,
         }
@@ -128,11 +140,14 @@ impl TestEnv {
     }
 
     pub async fn start_worker(&mut self) {
-        let pipeline = worker::build_pipeline(&self.cfg)
+        let pipeline = worker::build_pipeline(&self.cfg, self.telemetry.metrics.clone())
             .await
             .expect("pipeline builds");
         let (cfg, shutdown) = (self.cfg.clone(), self.shutdown.clone());
-        self.worker = Some(tokio::spawn(worker::run(cfg, pipeline, shutdown)));
+        let telemetry = self.telemetry.clone();
+        self.worker = Some(tokio::spawn(worker::run(
+            cfg, pipeline, telemetry, shutdown,
+        )));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self
@@ -280,6 +295,14 @@ impl TestEnv {
             self.take(&self.names.dead_queue.clone(), n, Duration::from_secs(60))
                 .await,
         )
+    }
+
+    /// GET on this test's telemetry endpoint: (status, body).
+    pub async fn probe(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.telemetry_addr))
+            .await
+            .expect("telemetry endpoint answers");
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     /// `GET /_admin/calls` of the emulator.

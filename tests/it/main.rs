@@ -6,3 +6,4 @@ mod dead_letters;
 mod delivery;
 mod harness;
 mod results;
+mod telemetry;
