@@ -54,6 +54,11 @@ enum Command {
     },
     /// Load and validate the configuration, then print where it stands (secrets redacted).
     CheckConfig,
+    /// GET a URL and exit 0 on a 2xx answer: a health check for images without curl.
+    Probe {
+        /// e.g. http://127.0.0.1:9090/readyz
+        url: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -130,6 +135,20 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     None => println!("// {name}\n{text}"),
                 }
             }
+            Ok(())
+        }
+        Command::Probe { url } => {
+            let resp = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("{url} did not answer"))?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
+            println!("{status} {body}");
             Ok(())
         }
         Command::CheckConfig => {
