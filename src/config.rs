@@ -164,6 +164,9 @@ pub struct RetryConfig {
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
     pub credentials_park_step: usize,
+    pub breaker_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,6 +383,10 @@ impl Config {
         check(
             r.attempts_per_delivery >= 1,
             "retry.attempts_per_delivery must be at least 1".into(),
+        );
+        check(
+            r.breaker_failures >= 1,
+            "retry.breaker_failures must be at least 1".into(),
         );
         check(
             r.initial_backoff <= r.max_backoff,

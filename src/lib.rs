@@ -17,6 +17,7 @@
 //! - [`emulator`]: a contract-faithful double of the vendors for tests and demos.
 //! - [`config`], [`telemetry`], [`schema`]: configuration, logging, JSON Schemas.
 
+pub mod breaker;
 pub mod broker;
 pub mod config;
 pub mod demo;

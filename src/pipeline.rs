@@ -3,6 +3,7 @@
 //! `worker`); this step knows no broker, SDK or HTTP type, and tests call it
 //! directly.
 
+use crate::breaker::Breaker;
 use crate::domain::assessment::Assessment;
 use crate::domain::dead_letter::{DEAD_LETTER_SCHEMA, DeadLetter, Failure, FailureClass};
 use crate::domain::job::{InvalidJob, Job, JobEnvelope, S3Uri, parse_job};
@@ -35,6 +36,8 @@ pub struct PipelineConfig {
     /// Steps on the delay ladder.
     pub ladder_len: usize,
     pub credentials_park_step: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
     pub poison_threshold: u32,
     pub worker_id: String,
 }
@@ -54,6 +57,8 @@ impl PipelineConfig {
             max_retry_after: c.retry.max_retry_after,
             ladder_len: c.broker.retry_delays.len(),
             credentials_park_step: c.retry.credentials_park_step,
+            breaker_failures: c.retry.breaker_failures,
+            breaker_cooldown: c.retry.breaker_cooldown,
             poison_threshold: c.broker.poison_threshold,
             worker_id: c.worker_identity(),
         }
@@ -144,6 +149,7 @@ pub struct Pipeline {
     store: Arc<dyn ImageStore>,
     providers: HashMap<ProviderName, Arc<dyn Provider>>,
     metrics: Arc<Metrics>,
+    breakers: HashMap<ProviderName, Breaker>,
 }
 
 /// A failure before a verdict, with everything its dead letter needs.
@@ -151,8 +157,9 @@ struct Failed {
     failure: Failure,
     /// Transient failures may go on the ladder instead.
     transient: bool,
-    /// Vendor credentials refused: park without using the budget.
-    credentials: bool,
+    /// Vendor credentials refused or its breaker open: park the job without
+    /// using its retry budget.
+    park: bool,
     /// The vendor involved, once one was chosen.
     provider: Option<ProviderName>,
 }
@@ -162,7 +169,7 @@ impl Failed {
         Failed {
             failure: Failure::new(class, message),
             transient: false,
-            credentials: false,
+            park: false,
             provider: None,
         }
     }
@@ -175,12 +182,17 @@ impl Pipeline {
         providers: Vec<Arc<dyn Provider>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let providers = providers.into_iter().map(|p| (p.name(), p)).collect();
+        let providers: HashMap<_, _> = providers.into_iter().map(|p| (p.name(), p)).collect();
+        let breakers = providers
+            .keys()
+            .map(|p| (*p, Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown)))
+            .collect();
         Pipeline {
             cfg,
             store,
             providers,
             metrics,
+            breakers,
         }
     }
 
@@ -250,7 +262,7 @@ impl Pipeline {
                     &job, provider, assessment, image, attempts, fetch_ms, vendor_ms, started,
                 )))
             }
-            Err(f) if f.credentials => Disposition::RetryLater {
+            Err(f) if f.park => Disposition::RetryLater {
                 step: self.cfg.credentials_park_step,
                 carried: Carried {
                     attempts,
@@ -401,7 +413,9 @@ impl Pipeline {
                 match e.kind {
                     ErrorKind::Rejected => FailureClass::VendorRejectedRequest,
                     // Reclassified by the caller (ladder or retries_exhausted).
-                    ErrorKind::Transient | ErrorKind::Credentials => FailureClass::RetriesExhausted,
+                    ErrorKind::Transient | ErrorKind::Credentials | ErrorKind::Unavailable => {
+                        FailureClass::RetriesExhausted
+                    }
                 },
                 e.message.clone(),
             );
@@ -412,7 +426,7 @@ impl Pipeline {
             f.failure.vendor_code = e.vendor_code.clone();
             f.failure.http_status = e.http_status;
             f.transient = e.kind == ErrorKind::Transient;
-            f.credentials = e.kind == ErrorKind::Credentials;
+            f.park = matches!(e.kind, ErrorKind::Credentials | ErrorKind::Unavailable);
             f.provider = Some(provider_name);
             f
         })?;
@@ -514,7 +528,20 @@ impl Pipeline {
         attempts: &mut u32,
     ) -> Result<Assessment, VendorError> {
         let mut delays = self.backoff(deadline);
+        let breaker = &self.breakers[&provider.name()];
         loop {
+            if !breaker.allows() {
+                return Err(VendorError {
+                    kind: ErrorKind::Unavailable,
+                    message: format!(
+                        "{} is failing every call (circuit breaker open); the job waits on the delay ladder",
+                        provider.name()
+                    ),
+                    vendor_code: None,
+                    http_status: None,
+                    retry_after: None,
+                });
+            }
             *attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let started = Instant::now();
@@ -532,8 +559,12 @@ impl Pipeline {
                     ErrorKind::Transient => "transient",
                     ErrorKind::Rejected => "rejected",
                     ErrorKind::Credentials => "credentials",
+                    ErrorKind::Unavailable => "unavailable",
                 },
             };
+            let outage = outcome.as_ref().err().is_some_and(VendorError::is_outage);
+            self.metrics
+                .set_breaker_open(provider.name(), breaker.record(outage));
             self.metrics
                 .vendor_call(provider.name(), label, started.elapsed());
             // Any answer but a credentials refusal shows the key works.

@@ -91,6 +91,7 @@ pub struct Metrics {
     in_flight: Gauge,
     image_bytes: Histogram,
     vendor_paused: Family<VendorLabels, Gauge>,
+    breaker_open: Family<VendorLabels, Gauge>,
     publish_failures: Counter,
 }
 
@@ -157,6 +158,12 @@ impl Metrics {
             "1 while a vendor rejects our credentials (its jobs are parked), else 0",
             vendor_paused.clone(),
         );
+        let breaker_open = Family::<VendorLabels, Gauge>::default();
+        registry.register(
+            "vendor_breaker_open",
+            "1 while a vendor's circuit breaker is open (its jobs are parked), else 0",
+            breaker_open.clone(),
+        );
         let publish_failures = Counter::default();
         registry.register(
             "publish_failures",
@@ -173,12 +180,12 @@ impl Metrics {
             in_flight,
             image_bytes,
             vendor_paused,
+            breaker_open,
             publish_failures,
         };
         for p in ProviderName::ALL {
-            m.vendor_paused
-                .get_or_create(&VendorLabels { vendor: p.as_str() })
-                .set(0);
+            m.set_paused(p, false);
+            m.set_breaker_open(p, false);
         }
         m
     }
@@ -241,6 +248,28 @@ impl Metrics {
             .set(paused as i64);
     }
 
+    pub fn set_breaker_open(&self, vendor: ProviderName, open: bool) {
+        self.breaker_open
+            .get_or_create(&VendorLabels {
+                vendor: vendor.as_str(),
+            })
+            .set(open as i64);
+    }
+
+    /// The vendors whose gauge in `family` is set.
+    fn flagged(family: &Family<VendorLabels, Gauge>) -> Vec<&'static str> {
+        ProviderName::ALL
+            .into_iter()
+            .filter(|p| {
+                family
+                    .get_or_create(&VendorLabels { vendor: p.as_str() })
+                    .get()
+                    > 0
+            })
+            .map(ProviderName::as_str)
+            .collect()
+    }
+
     pub fn publish_failed(&self) {
         self.publish_failures.inc();
     }
@@ -289,19 +318,16 @@ impl Health {
         if !self.consuming.load(Ordering::SeqCst) {
             return Err("not consuming (connecting to the broker)".into());
         }
-        let paused: Vec<&str> = ProviderName::ALL
-            .into_iter()
-            .filter(|p| {
-                metrics
-                    .vendor_paused
-                    .get_or_create(&VendorLabels { vendor: p.as_str() })
-                    .get()
-                    > 0
-            })
-            .map(ProviderName::as_str)
-            .collect();
+        let paused = Metrics::flagged(&metrics.vendor_paused);
         if !paused.is_empty() {
             return Err(format!("paused vendors: {}", paused.join(", ")));
+        }
+        let failing = Metrics::flagged(&metrics.breaker_open);
+        if !failing.is_empty() {
+            return Err(format!(
+                "vendors failing every call (circuit open): {}",
+                failing.join(", ")
+            ));
         }
         Ok(())
     }

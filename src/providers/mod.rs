@@ -42,6 +42,8 @@ pub enum ErrorKind {
     Rejected,
     /// The vendor refused our credentials: not a property of the job.
     Credentials,
+    /// The vendor's circuit breaker is open: no call was made.
+    Unavailable,
 }
 
 /// A vendor call that produced no assessment.
@@ -69,6 +71,12 @@ impl fmt::Display for VendorError {
 }
 
 impl VendorError {
+    /// Looks like the vendor is down rather than this request failing:
+    /// what the circuit breaker counts.
+    pub fn is_outage(&self) -> bool {
+        self.kind == ErrorKind::Transient && self.http_status.is_none_or(|s| s >= 500)
+    }
+
     pub fn transient(message: impl Into<String>) -> Self {
         VendorError {
             kind: ErrorKind::Transient,

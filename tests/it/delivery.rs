@@ -132,3 +132,86 @@ async fn a_conflicting_queue_stops_the_worker_naming_it() {
     );
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_failing_everything_opens_its_breaker_and_jobs_wait() {
+    let t = TestEnv::start(
+        "breaker",
+        "[retry]\nbreaker_failures = 3\nbreaker_cooldown = \"400ms\"",
+    )
+    .await;
+    let faults = format!("{}/_admin/faults", t.emulator.base_url());
+    let admin = reqwest::Client::new();
+    admin
+        .put(&faults)
+        .json(&serde_json::json!({"vendor": "argos", "error_rate": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    let mut uris = Vec::new();
+    for i in 0..3 {
+        let img = samples::png(
+            100 + i,
+            2000,
+            Some(r#"{"screen_replay":90,"printed_copy":90,"portrait_substitution":90}"#),
+        );
+        uris.push(t.upload(&format!("b{i}.png"), img).await);
+    }
+    for (i, uri) in uris.iter().enumerate() {
+        t.publish(&t.job(&format!("breaker-{i}"), "document", uri))
+            .await;
+    }
+    // Every call fails with a 500: the breaker opens and readiness drops.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = t.probe("/readyz").await;
+        if status == 503 && body == "vendors failing every call (circuit open): argos" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "breaker did not open: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = t.probe("/metrics").await.1;
+    assert!(
+        metrics.contains("liveness_vendor_breaker_open{vendor=\"argos\"} 1"),
+        "{metrics}"
+    );
+    // Several ladder rounds pass while it stays down: the jobs wait, none is
+    // dead-lettered, though the ladder has only two steps.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        t.depth(&t.names.dead_queue.clone()).await,
+        0,
+        "nothing dead-lettered while the vendor is down"
+    );
+    // The vendor recovers: a half-open probe succeeds and every job completes.
+    admin
+        .put(&faults)
+        .json(&serde_json::json!({"vendor": "argos", "error_rate": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    let r = t.results(3).await;
+    for i in 0..3 {
+        assert_eq!(r[&format!("breaker-{i}")].2["verdict"], "live");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t.probe("/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t.probe("/metrics")
+            .await
+            .1
+            .contains("liveness_vendor_breaker_open{vendor=\"argos\"} 0")
+    );
+    assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    t.finish().await;
+}

@@ -190,6 +190,7 @@ pub fn error_response(
     };
     let advice = match kind {
         ErrorKind::Credentials => "check the argos API key and workspace",
+        ErrorKind::Unavailable => "argos is unavailable",
         ErrorKind::Transient => "the vendor failed to process it; it will be retried",
         ErrorKind::Rejected => {
             "the worker sent a request argos considers malformed; report it as a worker bug"
