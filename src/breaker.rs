@@ -28,10 +28,18 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go out now.
+    /// Whether a call may go out now. After the cooldown exactly one call
+    /// is let through as a probe; the others wait for its outcome.
     pub fn allows(&self) -> bool {
-        let s = self.state.lock().expect("breaker lock");
-        s.open_until.is_none_or(|t| Instant::now() >= t)
+        let mut s = self.state.lock().expect("breaker lock");
+        match s.open_until {
+            None => true,
+            Some(t) if Instant::now() >= t => {
+                s.open_until = Some(Instant::now() + self.cooldown);
+                true
+            }
+            Some(_) => false,
+        }
     }
 
     /// Records a call's outcome; returns whether the breaker is open after it.
@@ -62,10 +70,12 @@ mod tests {
         assert!(!b.allows());
         std::thread::sleep(Duration::from_millis(60));
         assert!(b.allows(), "half-open after the cooldown");
+        assert!(!b.allows(), "one probe at a time");
         assert!(b.record(true), "a failed probe reopens it");
         assert!(!b.allows());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(!b.record(false), "a success closes it");
+        assert!(b.allows());
+        assert!(!b.record(false), "a successful probe closes it");
         assert!(b.allows());
         // A success in between resets the count.
         b.record(true);

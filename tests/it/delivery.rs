@@ -1,7 +1,7 @@
 //! Delivery guarantees: nothing is acked before its confirm; a conflicting
 //! topology stops the worker with a message that names it.
 
-use crate::harness::TestEnv;
+use crate::harness::{TestEnv, wait_for};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use liveness_worker::image::sha256_hex;
@@ -58,14 +58,12 @@ async fn a_job_is_not_acked_until_its_result_is_confirmed() {
 
     // The vendor answers, the result is refused, the job goes back to the
     // queue and is verified again: it was never acked.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while t.submissions_for(&sha).await < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job was not redelivered after its result was refused"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the job's redelivery after its result was refused",
+        30,
+        async || t.submissions_for(&sha).await >= 2,
+    )
+    .await;
 
     // Let results through again: the job completes.
     let collector = format!("{}.collector", t.prefix);
@@ -85,14 +83,10 @@ async fn a_job_is_not_acked_until_its_result_is_confirmed() {
     assert_eq!(got[0].2["verdict"], "live");
     // Every refused attempt was a real vendor call on a redelivery.
     assert!(got[0].2["attempts"].as_u64().unwrap() >= 1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while t.depth(&t.names.jobs_queue.clone()).await > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the job stayed in the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the jobs queue to empty", 10, async || {
+        t.depth(&t.names.jobs_queue.clone()).await == 0
+    })
+    .await;
     t.ch.queue_delete(collector.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
@@ -162,18 +156,14 @@ async fn a_vendor_failing_everything_opens_its_breaker_and_jobs_wait() {
             .await;
     }
     // Every call fails with a 500: the breaker opens and readiness drops.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = t.probe("/readyz").await;
-        if status == 503 && body == "vendors failing every call (circuit open): argos" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "breaker did not open: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the breaker to open", 20, async || {
+        t.probe("/readyz").await
+            == (
+                503,
+                "vendors failing every call (circuit open): argos".into(),
+            )
+    })
+    .await;
     let metrics = t.probe("/metrics").await.1;
     assert!(
         metrics.contains("liveness_vendor_breaker_open{vendor=\"argos\"} 1"),
@@ -198,14 +188,10 @@ async fn a_vendor_failing_everything_opens_its_breaker_and_jobs_wait() {
     for i in 0..3 {
         assert_eq!(r[&format!("breaker-{i}")].2["verdict"], "live");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while t.probe("/readyz").await.0 != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "readiness did not come back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("readiness to come back", 10, async || {
+        t.probe("/readyz").await.0 == 200
+    })
+    .await;
     assert!(
         t.probe("/metrics")
             .await

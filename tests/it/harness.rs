@@ -167,8 +167,9 @@ impl TestEnv {
         }
     }
 
-    /// Consumer count of a queue (None if it does not exist yet).
-    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+    /// (ready messages, consumers) of a queue; None if it does not exist.
+    async fn queue_info(&self, queue: &str) -> Option<(u32, u32)> {
+        // A passive declare of a missing queue closes its channel: use a fresh one.
         let ch = self.conn.create_channel().await.ok()?;
         let q = ch
             .queue_declare(
@@ -182,25 +183,17 @@ impl TestEnv {
             .await
             .ok()?;
         let _ = ch.close(200, "".into()).await;
-        Some(q.consumer_count())
+        Some((q.message_count(), q.consumer_count()))
+    }
+
+    /// Consumer count of a queue (None if it does not exist yet).
+    pub async fn consumers(&self, queue: &str) -> Option<u32> {
+        self.queue_info(queue).await.map(|(_, c)| c)
     }
 
     /// Ready messages in a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let ch = self.conn.create_channel().await.expect("channel");
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue exists");
-        let _ = ch.close(200, "".into()).await;
-        q.message_count()
+        self.queue_info(queue).await.expect("queue exists").0
     }
 
     /// Uploads an object under this test's key prefix; returns its s3:// URI.
@@ -354,6 +347,15 @@ impl TestEnv {
                 .await;
         }
         let _ = self.conn.close(200, "".into()).await;
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test after `secs`.
+pub async fn wait_for(what: &str, secs: u64, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1,20 +1,12 @@
 //! Metrics, probes and the promise that no secret or image byte leaks into
 //! logs, results, dead letters or metrics.
 
-use crate::harness::{TestEnv, env};
+use crate::harness::{TestEnv, env, wait_for};
 use base64::Engine as _;
 use liveness_worker::samples;
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The value of one series in a Prometheus text exposition.
 fn series(text: &str, name_and_labels: &str) -> Option<f64> {
