@@ -201,15 +201,31 @@ pub async fn declare_topology(conn: &Connection, c: &BrokerConfig) -> anyhow::Re
     Ok(())
 }
 
-fn declare_error(what: &str, name: &str, e: lapin::Error) -> anyhow::Error {
-    let text = e.to_string();
-    if text.contains("PRECONDITION_FAILED") || text.contains("inequivalent arg") {
-        anyhow::anyhow!(
-            "RabbitMQ already holds {what} {name} with other arguments than this worker's: {text}. \
-             Align the configuration with the existing {what}, or move its messages and delete it"
-        )
+/// The broker holds a queue or exchange with other arguments than ours
+/// (406 PRECONDITION_FAILED): waiting cannot fix it, an operator must.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "RabbitMQ already holds {what} {name} with other arguments than this worker's: {detail}. \
+     Align the configuration with the existing {what}, or move its messages and delete it"
+)]
+pub struct TopologyConflict {
+    what: &'static str,
+    name: String,
+    detail: String,
+}
+
+fn declare_error(what: &'static str, name: &str, e: lapin::Error) -> anyhow::Error {
+    let conflict =
+        matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406);
+    if conflict {
+        TopologyConflict {
+            what,
+            name: name.to_owned(),
+            detail: e.to_string(),
+        }
+        .into()
     } else {
-        anyhow::anyhow!("cannot declare {what} {name}: {text}")
+        anyhow::anyhow!("cannot declare {what} {name}: {e}")
     }
 }
 

@@ -120,7 +120,7 @@ async fn session(
     broker::declare_topology(&conn, &cfg.broker)
         .await
         .map_err(|e| {
-            if e.to_string().contains("other arguments") {
+            if e.is::<broker::TopologyConflict>() {
                 SessionError::Fatal(e)
             } else {
                 SessionError::Retry(e)
