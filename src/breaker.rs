@@ -42,6 +42,15 @@ impl Breaker {
         }
     }
 
+    /// Whether the breaker is open (or half-open, waiting for its probe).
+    pub fn is_open(&self) -> bool {
+        self.state
+            .lock()
+            .expect("breaker lock")
+            .open_until
+            .is_some()
+    }
+
     /// Records a call's outcome; returns whether the breaker is open after it.
     pub fn record(&self, outage: bool) -> bool {
         let mut s = self.state.lock().expect("breaker lock");

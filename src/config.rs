@@ -12,7 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
-const SECTIONS: [&str; 6] = ["broker", "worker", "retry", "s3", "providers", "telemetry"];
+const SECTIONS: [&str; 7] = [
+    "broker",
+    "worker",
+    "retry",
+    "s3",
+    "results",
+    "providers",
+    "telemetry",
+];
 
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let v: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
@@ -90,6 +98,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub retry: RetryConfig,
     pub s3: S3Config,
+    pub results: ResultsConfig,
     pub providers: ProvidersConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -167,6 +176,8 @@ pub struct RetryConfig {
     pub breaker_failures: u32,
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
+    #[serde(with = "humantime_serde")]
+    pub pause_probe_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +195,20 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
+}
+
+/// The results store that makes "pay once" true (DESIGN §5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// Empty disables the store (and with it pay-once and the audit trail).
+    #[serde(deserialize_with = "lenient_string")]
+    pub bucket: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+    pub audit: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +443,26 @@ impl Config {
                 "telemetry.listen must be host:port (an IP address) or empty, got {:?}",
                 self.telemetry.listen
             ),
+        );
+        let r = &self.results;
+        check(
+            !r.bucket.contains('/'),
+            format!("results.bucket must be a bucket name, got {:?}", r.bucket),
+        );
+        check(
+            r.prefix.is_empty() || (r.prefix.ends_with('/') && !r.prefix.starts_with('/')),
+            format!(
+                "results.prefix must be empty or end with '/' (and not start with one), got {:?}",
+                r.prefix
+            ),
+        );
+        check(
+            r.store_timeout >= Duration::from_secs(1),
+            "results.store_timeout must be at least 1s".into(),
+        );
+        check(
+            self.retry.pause_probe_interval >= Duration::from_millis(100),
+            "retry.pause_probe_interval must be at least 100ms".into(),
         );
         let a = &self.providers.argos;
         check(

@@ -139,6 +139,8 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
     cfg.broker.retry_delays = vec![Duration::from_secs(1), Duration::from_secs(2)];
     cfg.worker.concurrency = args.concurrency;
     cfg.retry.credentials_park_step = 0;
+    // Outcomes of this run only: a second demo pays (the emulator) again.
+    cfg.results.prefix = format!("demo/{run_id}/");
     cfg.providers.argos.base_url = format!("{}/modules", emulator.base_url());
     cfg.providers.argos.api_key = crate::config::Secret::new(api_key);
     cfg.validate()?;

@@ -11,7 +11,10 @@ use crate::domain::result::{ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
 use crate::domain::{Check, ProviderName};
 use crate::image::{describe_prefix, sha256_hex, sniff_content_type};
 use crate::providers::{ErrorKind, Image, Provider, VendorError, VendorRequest};
-use crate::store::{FetchError, ImageStore};
+use crate::store::outcomes::OUTCOME_SCHEMA;
+use crate::store::{
+    AttemptLog, AttemptRecord, FetchError, ImageStore, OutcomeError, OutcomeStore, StoredOutcome,
+};
 use crate::telemetry::Metrics;
 use backon::BackoffBuilder as _;
 use base64::Engine as _;
@@ -38,8 +41,13 @@ pub struct PipelineConfig {
     pub credentials_park_step: usize,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    pub pause_probe_interval: Duration,
     pub poison_threshold: u32,
     pub worker_id: String,
+    /// How long a paid-for outcome is retried into the results store.
+    pub store_timeout: Duration,
+    /// Write an audit record of vendor attempts that produced no outcome.
+    pub audit: bool,
 }
 
 impl PipelineConfig {
@@ -59,8 +67,11 @@ impl PipelineConfig {
             credentials_park_step: c.retry.credentials_park_step,
             breaker_failures: c.retry.breaker_failures,
             breaker_cooldown: c.retry.breaker_cooldown,
+            pause_probe_interval: c.retry.pause_probe_interval,
             poison_threshold: c.broker.poison_threshold,
             worker_id: c.worker_identity(),
+            store_timeout: c.results.store_timeout,
+            audit: c.results.audit,
         }
     }
 }
@@ -150,10 +161,34 @@ pub struct Pipeline {
     providers: HashMap<ProviderName, Arc<dyn Provider>>,
     metrics: Arc<Metrics>,
     breakers: HashMap<ProviderName, Breaker>,
+    /// Per vendor: open while it refuses our credentials (paused), letting
+    /// one job through per probe interval.
+    pauses: HashMap<ProviderName, Breaker>,
+    outcomes: Option<Arc<dyn OutcomeStore>>,
+}
+
+/// What a successful `verify` found.
+// Built once per job and consumed at once: boxing `Fresh` would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Verified {
+    /// The vendor answered now.
+    Fresh {
+        assessment: Assessment,
+        provider: ProviderName,
+        image: Image,
+        back_sha256: Option<String>,
+        fetch_ms: u64,
+        vendor_ms: u64,
+    },
+    /// The results store already had this job's outcome for these images.
+    Stored(Box<StoredOutcome>),
 }
 
 /// A failure before a verdict, with everything its dead letter needs.
 struct Failed {
+    /// The attempt count to report instead of this delivery's (the stored
+    /// count, for a job_id conflict).
+    attempts: Option<u32>,
     failure: Failure,
     /// Transient failures may go on the ladder instead.
     transient: bool,
@@ -167,6 +202,7 @@ struct Failed {
 impl Failed {
     fn new(class: FailureClass, message: impl Into<String>) -> Self {
         Failed {
+            attempts: None,
             failure: Failure::new(class, message),
             transient: false,
             park: false,
@@ -187,13 +223,26 @@ impl Pipeline {
             .keys()
             .map(|p| (*p, Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown)))
             .collect();
+        let pauses = providers
+            .keys()
+            .map(|p| (*p, Breaker::new(1, cfg.pause_probe_interval)))
+            .collect();
         Pipeline {
             cfg,
             store,
             providers,
             metrics,
             breakers,
+            pauses,
+            outcomes: None,
         }
+    }
+
+    /// Adds the results store: outcomes are looked up before any vendor
+    /// call and stored before they are published (pay once).
+    pub fn with_outcomes(mut self, outcomes: Arc<dyn OutcomeStore>) -> Self {
+        self.outcomes = Some(outcomes);
+        self
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -255,12 +304,37 @@ impl Pipeline {
             }
         };
 
-        let mut attempts = d.carried.attempts;
-        match self.verify(&job, started, &mut attempts).await {
-            Ok((assessment, provider, image, fetch_ms, vendor_ms)) => {
-                Disposition::Publish(Box::new(self.result(
+        let mut log = Vec::new();
+        let verified = self
+            .verify(&job, started, d.carried.attempts, &mut log)
+            .await;
+        let attempts = d.carried.attempts + log.len() as u32;
+        let disposition = match verified {
+            Ok(Verified::Stored(stored)) => {
+                tracing::info!(
+                    attempts = stored.result.attempts,
+                    "Outcome already stored; re-publishing it without calling the vendor"
+                );
+                self.metrics.outcome_reused();
+                let mut result = stored.result;
+                // The verdict is the stored one; the metadata is this job's.
+                result.metadata = job.metadata.clone();
+                return Disposition::Publish(Box::new(result));
+            }
+            Ok(Verified::Fresh {
+                assessment,
+                provider,
+                image,
+                back_sha256,
+                fetch_ms,
+                vendor_ms,
+            }) => {
+                let result = self.result(
                     &job, provider, assessment, image, attempts, fetch_ms, vendor_ms, started,
-                )))
+                );
+                self.store_outcome(&result, back_sha256, std::mem::take(&mut log))
+                    .await;
+                Disposition::Publish(Box::new(result))
             }
             Err(f) if f.park => Disposition::RetryLater {
                 step: self.cfg.credentials_park_step,
@@ -306,9 +380,129 @@ impl Pipeline {
                     Some(raw),
                     None,
                     f.failure,
-                    attempts,
+                    f.attempts.unwrap_or(attempts),
                     first_received_at,
                 )
+            }
+        };
+        if !log.is_empty() {
+            self.save_attempt_log(&job.job_id, &disposition, log).await;
+        }
+        disposition
+    }
+
+    /// Writes a paid-for outcome to the results store, retrying while the
+    /// store is down for up to `store_timeout`. Past that the result is
+    /// published unstored (logged as an error): losing an answer the vendor
+    /// already billed for is worse than the small risk of a second payment
+    /// should this very job be delivered again.
+    async fn store_outcome(
+        &self,
+        result: &LivenessResult,
+        back_sha256: Option<String>,
+        attempts: Vec<AttemptRecord>,
+    ) {
+        let Some(store) = &self.outcomes else {
+            return;
+        };
+        let outcome = StoredOutcome {
+            schema: OUTCOME_SCHEMA.into(),
+            job_id: result.job_id.clone(),
+            image_sha256: result.image.sha256.clone(),
+            back_image_sha256: back_sha256,
+            stored_at: now_rfc3339(),
+            result: result.clone(),
+            attempts,
+        };
+        let give_up = Instant::now() + self.cfg.store_timeout;
+        let mut wait = self.cfg.initial_backoff;
+        loop {
+            let Err(e) = store.save(&outcome).await else {
+                return;
+            };
+            self.metrics.store_error("save");
+            if Instant::now() + wait >= give_up {
+                tracing::error!(error = %e, location = %store.location(&result.job_id), "Could not store the outcome within results.store_timeout; publishing it unstored, so a redelivery of this job would call the vendor again");
+                return;
+            }
+            tracing::warn!(error = %e, delay_ms = wait.as_millis() as u64, "Could not store the outcome, retrying");
+            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+            wait = (wait * 2).min(self.cfg.max_backoff);
+        }
+    }
+
+    /// Best effort, bounded: the audit trail must not hold a job hostage.
+    async fn save_attempt_log(
+        &self,
+        job_id: &str,
+        disposition: &Disposition,
+        attempts: Vec<AttemptRecord>,
+    ) {
+        let Some(store) = self.outcomes.as_ref().filter(|_| self.cfg.audit) else {
+            return;
+        };
+        let log = AttemptLog {
+            schema: crate::store::outcomes::ATTEMPTS_SCHEMA.into(),
+            job_id: job_id.to_owned(),
+            disposition: disposition.label(),
+            attempts,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), store.save_attempts(&log)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.metrics.store_error("audit");
+                tracing::warn!(error = %e, "Could not write the vendor attempts to the audit trail");
+            }
+            Err(_) => {
+                self.metrics.store_error("audit");
+                tracing::warn!("Writing the vendor attempts to the audit trail timed out");
+            }
+        }
+    }
+
+    /// The job's stored outcome, retrying a store that is down within the
+    /// job deadline. Not knowing is a transient failure: calling the vendor
+    /// blind could pay for the same job twice.
+    async fn lookup(
+        &self,
+        job_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<StoredOutcome>, Failed> {
+        let Some(store) = &self.outcomes else {
+            return Ok(None);
+        };
+        let mut delays = self.backoff(deadline);
+        loop {
+            match store.load(job_id).await {
+                Ok(found) => return Ok(found),
+                Err(OutcomeError::Corrupt(m)) => {
+                    self.metrics.store_error("load");
+                    return Err(Failed::new(
+                        FailureClass::Internal,
+                        format!(
+                            "{m}; inspect that object (delete it if it is garbage) and replay the job"
+                        ),
+                    ));
+                }
+                Err(OutcomeError::Unavailable(m)) => {
+                    self.metrics.store_error("load");
+                    match delays.next() {
+                        Some(d) if Instant::now() + d < deadline => {
+                            tracing::warn!(error = %m, delay_ms = d.as_millis() as u64, "Results store lookup failed, retrying");
+                            tokio::time::sleep(d).await;
+                        }
+                        _ => {
+                            let mut f = Failed::new(
+                                FailureClass::RetriesExhausted,
+                                format!(
+                                    "{m}; the job waits rather than risk paying the vendor twice"
+                                ),
+                            );
+                            f.transient = true;
+                            return Err(f);
+                        }
+                    }
+                }
             }
         }
     }
@@ -332,13 +526,16 @@ impl Pipeline {
         )
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Routes, checks, fetches, looks up the stored outcome and, if there
+    /// is none, calls the vendor. Every vendor attempt is appended to `log`,
+    /// numbered after the `earlier_attempts` of previous deliveries.
     async fn verify(
         &self,
         job: &Job,
         started: Instant,
-        attempts: &mut u32,
-    ) -> Result<(Assessment, ProviderName, Image, u64, u64), Failed> {
+        earlier_attempts: u32,
+        log: &mut Vec<AttemptRecord>,
+    ) -> Result<Verified, Failed> {
         let provider_name = job.provider.unwrap_or(match job.check {
             Check::Document => self.cfg.default_document,
             Check::Face => self.cfg.default_face,
@@ -387,17 +584,57 @@ impl Pipeline {
                 l.min(self.cfg.max_image_bytes)
             });
         let fetch_started = Instant::now();
-        let image = self
-            .fetch_checked("image", &job.image, limit, deadline)
-            .await?;
-        let back = match &job.back_image {
-            Some(uri) => Some(
-                self.fetch_checked("back_image", uri, limit, deadline)
-                    .await?,
-            ),
-            None => None,
+        let fetch = async {
+            let image = self
+                .fetch_checked("image", &job.image, limit, deadline)
+                .await?;
+            let back = match &job.back_image {
+                Some(uri) => Some(
+                    self.fetch_checked("back_image", uri, limit, deadline)
+                        .await?,
+                ),
+                None => None,
+            };
+            Ok::<_, Failed>((image, back))
         };
+        // The lookup runs while the image downloads: it needs only the job_id.
+        let (fetched, stored) = tokio::join!(fetch, self.lookup(&job.job_id, deadline));
+        let (image, back) = fetched?;
         let fetch_ms = fetch_started.elapsed().as_millis() as u64;
+        let back_sha256 = back.as_ref().map(|b| b.sha256.clone());
+        if let Some(stored) = stored? {
+            if stored.same_images(&image.sha256, back_sha256.as_deref()) {
+                return Ok(Verified::Stored(Box::new(stored)));
+            }
+            let location = self
+                .outcomes
+                .as_ref()
+                .map(|s| s.location(&job.job_id))
+                .unwrap_or_default();
+            let mut f = Failed::new(
+                FailureClass::JobIdConflict,
+                format!(
+                    "job_id {} already has a stored outcome ({location}, verdict {}) for image sha256 {}{}, \
+                     but this job's image has sha256 {}{}; a job_id names one verification: \
+                     publish this image under a new job_id",
+                    job.job_id,
+                    stored.result.verdict,
+                    stored.image_sha256,
+                    stored
+                        .back_image_sha256
+                        .as_ref()
+                        .map_or(String::new(), |b| format!(" (back {b})")),
+                    image.sha256,
+                    back_sha256
+                        .as_ref()
+                        .map_or(String::new(), |b| format!(" (back {b})")),
+                ),
+            );
+            f.attempts = Some(stored.result.attempts);
+            f.provider = Some(stored.result.provider);
+            f.failure.provider = Some(stored.result.provider);
+            return Err(f);
+        }
 
         let req = VendorRequest {
             job_id: &job.job_id,
@@ -408,30 +645,40 @@ impl Pipeline {
             metadata: job.metadata.as_deref(),
         };
         let vendor_started = Instant::now();
-        let assessment = self.call_vendor(provider.as_ref(), &req, deadline, attempts).await.map_err(|e| {
-            let mut f = Failed::new(
-                match e.kind {
-                    ErrorKind::Rejected => FailureClass::VendorRejectedRequest,
-                    // Reclassified by the caller (ladder or retries_exhausted).
-                    ErrorKind::Transient | ErrorKind::Credentials | ErrorKind::Unavailable => {
-                        FailureClass::RetriesExhausted
-                    }
-                },
-                e.message.clone(),
-            );
-            if e.kind == ErrorKind::Rejected {
-                f.failure.message.push_str(". The request will not succeed unchanged: check the image and the adapter, then replay");
-            }
-            f.failure.provider = Some(provider_name);
-            f.failure.vendor_code = e.vendor_code.clone();
-            f.failure.http_status = e.http_status;
-            f.transient = e.kind == ErrorKind::Transient;
-            f.park = matches!(e.kind, ErrorKind::Credentials | ErrorKind::Unavailable);
-            f.provider = Some(provider_name);
-            f
-        })?;
+        let assessment = self
+            .call_vendor(provider.as_ref(), &req, deadline, earlier_attempts, log)
+            .await
+            .map_err(|e| {
+                let mut f = Failed::new(
+                    match e.kind {
+                        ErrorKind::Rejected => FailureClass::VendorRejectedRequest,
+                        // Reclassified by the caller (ladder or retries_exhausted).
+                        ErrorKind::Transient | ErrorKind::Credentials | ErrorKind::Unavailable => {
+                            FailureClass::RetriesExhausted
+                        }
+                    },
+                    e.message.clone(),
+                );
+                if e.kind == ErrorKind::Rejected {
+                    f.failure.message.push_str(". The request will not succeed unchanged: check the image and the adapter, then replay");
+                }
+                f.failure.provider = Some(provider_name);
+                f.failure.vendor_code = e.vendor_code.clone();
+                f.failure.http_status = e.http_status;
+                f.transient = e.kind == ErrorKind::Transient;
+                f.park = matches!(e.kind, ErrorKind::Credentials | ErrorKind::Unavailable);
+                f.provider = Some(provider_name);
+                f
+            })?;
         let vendor_ms = vendor_started.elapsed().as_millis() as u64;
-        Ok((assessment, provider_name, image, fetch_ms, vendor_ms))
+        Ok(Verified::Fresh {
+            assessment,
+            provider: provider_name,
+            image,
+            back_sha256,
+            fetch_ms,
+            vendor_ms,
+        })
     }
 
     /// Fetches with in-process retries for transient store errors, then
@@ -525,34 +772,49 @@ impl Pipeline {
         provider: &dyn Provider,
         req: &VendorRequest<'_>,
         deadline: Instant,
-        attempts: &mut u32,
+        earlier_attempts: u32,
+        log: &mut Vec<AttemptRecord>,
     ) -> Result<Assessment, VendorError> {
+        let name = provider.name();
         let mut delays = self.backoff(deadline);
-        let breaker = &self.breakers[&provider.name()];
+        let breaker = &self.breakers[&name];
+        let pause = &self.pauses[&name];
         loop {
-            if !breaker.allows() {
+            if !pause.allows() {
                 return Err(VendorError {
-                    kind: ErrorKind::Unavailable,
+                    kind: ErrorKind::Credentials,
                     message: format!(
-                        "{} is failing every call (circuit breaker open); the job waits on the delay ladder",
-                        provider.name()
+                        "{name} is paused because it refused our credentials; its jobs are parked until a probe \
+                         (one job every retry.pause_probe_interval) is accepted. Fix the key in the configuration"
                     ),
                     vendor_code: None,
                     http_status: None,
                     retry_after: None,
                 });
             }
-            *attempts += 1;
+            if !breaker.allows() {
+                return Err(VendorError {
+                    kind: ErrorKind::Unavailable,
+                    message: format!(
+                        "{name} is failing every call (circuit breaker open); the job waits on the delay ladder"
+                    ),
+                    vendor_code: None,
+                    http_status: None,
+                    retry_after: None,
+                });
+            }
+            let attempt = earlier_attempts + log.len() as u32 + 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let started_at = now_rfc3339();
             let started = Instant::now();
             let outcome = match tokio::time::timeout(remaining, provider.verify(req)).await {
                 Ok(r) => r,
                 Err(_) => Err(VendorError::transient(format!(
-                    "{} did not answer within the job deadline ({:?})",
-                    provider.name(),
+                    "{name} did not answer within the job deadline ({:?})",
                     self.cfg.job_deadline
                 ))),
             };
+            let took = started.elapsed();
             let label = match &outcome {
                 Ok(_) => "ok",
                 Err(e) => match e.kind {
@@ -562,14 +824,37 @@ impl Pipeline {
                     ErrorKind::Unavailable => "unavailable",
                 },
             };
+            log.push(AttemptRecord {
+                attempt,
+                provider: name,
+                started_at,
+                duration_ms: took.as_millis() as u64,
+                outcome: label.into(),
+                http_status: outcome.as_ref().err().and_then(|e| e.http_status),
+                vendor_code: outcome.as_ref().err().and_then(|e| e.vendor_code.clone()),
+                vendor: outcome.as_ref().ok().map(|a| a.vendor.clone()),
+                error: outcome.as_ref().err().map(|e| e.message.clone()),
+                worker: self.cfg.worker_id.clone(),
+            });
             let outage = outcome.as_ref().err().is_some_and(VendorError::is_outage);
-            self.metrics
-                .set_breaker_open(provider.name(), breaker.record(outage));
-            self.metrics
-                .vendor_call(provider.name(), label, started.elapsed());
-            // Any answer but a credentials refusal shows the key works.
-            self.metrics
-                .set_paused(provider.name(), label == "credentials");
+            self.metrics.set_breaker_open(name, breaker.record(outage));
+            self.metrics.vendor_call(name, label, took);
+            // A refusal pauses the vendor; an answer that shows the key works
+            // (a verdict, or a complaint about the request) resumes it.
+            let was_paused = pause.is_open();
+            let paused = match label {
+                "credentials" => pause.record(true),
+                "ok" | "rejected" => pause.record(false),
+                _ => was_paused,
+            };
+            if paused != was_paused {
+                if paused {
+                    tracing::error!(vendor = %name, "Vendor refused our credentials: pausing it; its jobs are parked until a probe succeeds");
+                } else {
+                    tracing::info!(vendor = %name, "Vendor accepted our credentials again: resuming it");
+                }
+            }
+            self.metrics.set_paused(name, paused);
             let e = match outcome {
                 Ok(a) => return Ok(a),
                 Err(e) if e.kind != ErrorKind::Transient => return Err(e),
@@ -587,8 +872,8 @@ impl Pipeline {
             if Instant::now() + wait >= deadline {
                 return Err(e);
             }
-            tracing::warn!(error = %e, attempt = *attempts, delay_ms = wait.as_millis() as u64, "Vendor call failed, retrying");
-            self.metrics.vendor_retry(provider.name());
+            tracing::warn!(error = %e, attempt, delay_ms = wait.as_millis() as u64, "Vendor call failed, retrying");
+            self.metrics.vendor_retry(name);
             tokio::time::sleep(wait).await;
         }
     }

@@ -93,6 +93,13 @@ pub struct Metrics {
     vendor_paused: Family<VendorLabels, Gauge>,
     breaker_open: Family<VendorLabels, Gauge>,
     publish_failures: Counter,
+    outcomes_reused: Counter,
+    store_errors: Family<Op, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Op {
+    op: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -170,6 +177,18 @@ impl Metrics {
             "Outcomes the broker did not confirm (the job went back to the queue)",
             publish_failures.clone(),
         );
+        let outcomes_reused = Counter::default();
+        registry.register(
+            "stored_outcomes_reused",
+            "Jobs answered from the results store without calling a vendor (redeliveries, replays, repeated backfills)",
+            outcomes_reused.clone(),
+        );
+        let store_errors = Family::<Op, Counter>::default();
+        registry.register(
+            "results_store_errors",
+            "Failed results-store operations (load, save, audit), each retried or reported",
+            store_errors.clone(),
+        );
         let m = Metrics {
             registry,
             jobs,
@@ -182,6 +201,8 @@ impl Metrics {
             vendor_paused,
             breaker_open,
             publish_failures,
+            outcomes_reused,
+            store_errors,
         };
         for p in ProviderName::ALL {
             m.set_paused(p, false);
@@ -268,6 +289,14 @@ impl Metrics {
             })
             .map(ProviderName::as_str)
             .collect()
+    }
+
+    pub fn outcome_reused(&self) {
+        self.outcomes_reused.inc();
+    }
+
+    pub fn store_error(&self, op: &'static str) {
+        self.store_errors.get_or_create(&Op { op }).inc();
     }
 
     pub fn publish_failed(&self) {

@@ -52,12 +52,24 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
             "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY)"
         );
     }
-    Ok(Arc::new(Pipeline::new(
+    let outcomes = (!cfg.results.bucket.is_empty())
+        .then(|| store.outcomes(&cfg.results.bucket, &cfg.results.prefix));
+    let mut pipeline = Pipeline::new(
         PipelineConfig::from_config(cfg),
         Arc::new(store),
         providers,
         metrics,
-    )))
+    );
+    match outcomes {
+        Some(o) => {
+            o.check().await?;
+            pipeline = pipeline.with_outcomes(Arc::new(o));
+        }
+        None => tracing::warn!(
+            "results.bucket is empty: no results store, so a redelivered or replayed job is paid for again"
+        ),
+    }
+    Ok(Arc::new(pipeline))
 }
 
 /// Runs until `shutdown` is cancelled, then drains and returns Ok.

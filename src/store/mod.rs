@@ -1,8 +1,10 @@
 //! The image store: where job images come from.
 
+pub mod outcomes;
 mod s3;
 
-pub use s3::S3Store;
+pub use outcomes::{AttemptLog, AttemptRecord, OutcomeError, OutcomeStore, StoredOutcome};
+pub use s3::{S3Outcomes, S3Store};
 
 use crate::domain::job::S3Uri;
 use async_trait::async_trait;

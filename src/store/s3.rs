@@ -1,6 +1,7 @@
 //! S3 (or any S3-compatible server) through the AWS SDK.
 
-use super::{FetchError, ImageStore};
+use super::outcomes::{attempts_key, outcome_key};
+use super::{AttemptLog, FetchError, ImageStore, OutcomeError, OutcomeStore, StoredOutcome};
 use crate::config::S3Config;
 use crate::domain::job::S3Uri;
 use async_trait::async_trait;
@@ -72,6 +73,15 @@ impl S3Store {
 
     pub fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
+    }
+
+    /// The results store in `bucket` under `prefix`, on this connection.
+    pub fn outcomes(&self, bucket: &str, prefix: &str) -> S3Outcomes {
+        S3Outcomes {
+            client: self.client.clone(),
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        }
     }
 
     /// Uploads an object (demo, tests, benchmark).
@@ -171,5 +181,114 @@ impl ImageStore for S3Store {
             buf.extend_from_slice(&chunk);
         }
         Ok(buf.freeze())
+    }
+}
+
+/// The results store in an S3 bucket (see [`super::outcomes`]).
+#[derive(Clone)]
+pub struct S3Outcomes {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Outcomes {
+    /// Start-up check: a missing bucket is a configuration error (every job
+    /// would wait on the ladder for it); an unreachable S3 is only logged,
+    /// since the worker rides out S3 outages.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => {
+                anyhow::bail!(
+                    "the results bucket {:?} (results.bucket) does not exist: create it, or set results.bucket",
+                    self.bucket
+                )
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %self.bucket, error = %describe(&e), "Cannot check the results bucket now; going on");
+                Ok(())
+            }
+        }
+    }
+
+    async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<(), OutcomeError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| {
+                OutcomeError::Unavailable(format!(
+                    "could not write s3://{}/{key}: {}",
+                    self.bucket,
+                    describe(&e)
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OutcomeStore for S3Outcomes {
+    async fn load(&self, job_id: &str) -> Result<Option<StoredOutcome>, OutcomeError> {
+        let key = outcome_key(&self.prefix, job_id);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(s)) if s.err().code() == Some("NoSuchKey") => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(OutcomeError::Unavailable(format!(
+                    "could not read the results store at s3://{}/{key}: {}",
+                    self.bucket,
+                    describe(&e)
+                )));
+            }
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            OutcomeError::Unavailable(format!("reading s3://{}/{key} failed: {e}", self.bucket))
+        })?;
+        serde_json::from_slice(&body.into_bytes())
+            .map(Some)
+            .map_err(|e| {
+                OutcomeError::Corrupt(format!(
+                    "the stored outcome s3://{}/{key} is not a readable {} record ({e})",
+                    self.bucket,
+                    super::outcomes::OUTCOME_SCHEMA
+                ))
+            })
+    }
+
+    async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError> {
+        let body = serde_json::to_vec(outcome).expect("outcome serializes");
+        self.put_json(&outcome_key(&self.prefix, &outcome.job_id), body)
+            .await
+    }
+
+    async fn save_attempts(&self, log: &AttemptLog) -> Result<(), OutcomeError> {
+        let (Some(first), Some(last)) = (log.attempts.first(), log.attempts.last()) else {
+            return Ok(());
+        };
+        let key = attempts_key(&self.prefix, &log.job_id, first.attempt, last.attempt);
+        self.put_json(
+            &key,
+            serde_json::to_vec(log).expect("attempt log serializes"),
+        )
+        .await
+    }
+
+    fn location(&self, job_id: &str) -> String {
+        format!("s3://{}/{}", self.bucket, outcome_key(&self.prefix, job_id))
     }
 }

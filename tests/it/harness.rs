@@ -50,6 +50,11 @@ initial_backoff = "50ms"
 max_backoff = "200ms"
 max_retry_after = "2s"
 credentials_park_step = 0
+pause_probe_interval = "300ms"
+[results]
+bucket = "{results_bucket}"
+prefix = "{prefix}/"
+store_timeout = "20s"
 [s3]
 endpoint = "{endpoint}"
 region = "{region}"
@@ -66,6 +71,7 @@ log_level = "warn"
 "#,
         url = env("LIVENESS_BROKER__URL"),
         bucket = images_bucket(),
+        results_bucket = env("LIVENESS_TEST_RESULTS_BUCKET"),
         endpoint = env("LIVENESS_S3__ENDPOINT"),
         region = env("LIVENESS_S3__REGION"),
         ak = env("LIVENESS_S3__ACCESS_KEY_ID"),
@@ -306,6 +312,51 @@ impl TestEnv {
             .json()
             .await
             .unwrap()
+    }
+
+    /// The job's record in the results store, if any.
+    pub async fn stored_outcome(&self, job_id: &str) -> Option<Value> {
+        let key = liveness_worker::store::outcomes::outcome_key(&self.cfg.results.prefix, job_id);
+        let out = self
+            .store
+            .client()
+            .get_object()
+            .bucket(&self.cfg.results.bucket)
+            .key(&key)
+            .send()
+            .await
+            .ok()?;
+        let body = out.body.collect().await.expect("read stored outcome");
+        Some(serde_json::from_slice(&body.into_bytes()).expect("stored outcome is JSON"))
+    }
+
+    /// The job's audit records of deliveries without an outcome, in order.
+    pub async fn attempt_logs(&self, job_id: &str) -> Vec<Value> {
+        let prefix = format!("{}attempts/{job_id}/", self.cfg.results.prefix);
+        let client = self.store.client();
+        let list = client
+            .list_objects_v2()
+            .bucket(&self.cfg.results.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .expect("list attempt logs");
+        let mut out = Vec::new();
+        for o in list.contents() {
+            let body = client
+                .get_object()
+                .bucket(&self.cfg.results.bucket)
+                .key(o.key().unwrap())
+                .send()
+                .await
+                .expect("get attempt log")
+                .body
+                .collect()
+                .await
+                .unwrap();
+            out.push(serde_json::from_slice(&body.into_bytes()).unwrap());
+        }
+        out
     }
 
     pub async fn submissions_for(&self, sha256: &str) -> u64 {

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The value of one series in a Prometheus text exposition.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+pub fn series(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         l.strip_prefix(name_and_labels)?
             .trim()
@@ -218,6 +218,11 @@ async fn no_secret_or_image_byte_leaks_from_a_real_worker_process() {
         .env("LIVENESS_BROKER__PREFIX", &t.prefix)
         .env("LIVENESS_BROKER__RETRY_DELAYS", r#"["300ms"]"#)
         .env("LIVENESS_RETRY__CREDENTIALS_PARK_STEP", "0")
+        .env(
+            "LIVENESS_RESULTS__BUCKET",
+            env("LIVENESS_TEST_RESULTS_BUCKET"),
+        )
+        .env("LIVENESS_RESULTS__PREFIX", format!("{}/", t.prefix))
         .env(
             "LIVENESS_PROVIDERS__ARGOS__BASE_URL",
             format!("{}/modules", emu.base_url()),

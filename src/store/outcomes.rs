@@ -1,0 +1,126 @@
+//! The results store (DESIGN §5 "pay once"): one record per job_id holding
+//! the published result and the digest of the image it is about, written
+//! before the result is published and read before any vendor call; plus an
+//! audit trail of every vendor attempt.
+//!
+//! Layout under `s3://<results.bucket>/<results.prefix>`:
+//! - `outcomes/<job_id>.json`: a [`StoredOutcome`];
+//! - `attempts/<job_id>/<first>-<last>.json`: an [`AttemptLog`] for each
+//!   delivery that called the vendor without producing an outcome (the
+//!   outcome record itself carries the attempts of the delivery that did).
+
+use crate::domain::ProviderName;
+use crate::domain::assessment::VendorRefs;
+use crate::domain::result::LivenessResult;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub const OUTCOME_SCHEMA: &str = "liveness.outcome.v1";
+pub const ATTEMPTS_SCHEMA: &str = "liveness.attempts.v1";
+
+/// What the store keeps about a job that got a verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredOutcome {
+    pub schema: String,
+    pub job_id: String,
+    /// Lowercase hex SHA-256 of the image the verdict is about.
+    pub image_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_image_sha256: Option<String>,
+    /// RFC 3339.
+    pub stored_at: String,
+    /// The result as first published.
+    pub result: LivenessResult,
+    /// The vendor attempts of the delivery that produced the result.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl StoredOutcome {
+    /// Whether this outcome is about exactly these images.
+    pub fn same_images(&self, image_sha256: &str, back_image_sha256: Option<&str>) -> bool {
+        self.image_sha256 == image_sha256 && self.back_image_sha256.as_deref() == back_image_sha256
+    }
+}
+
+/// One vendor attempt, for audit. Holds no image byte, key or biometric
+/// attribute: only what a support ticket or a billing dispute needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The job-wide attempt number (1 = the first submission ever).
+    pub attempt: u32,
+    pub provider: ProviderName,
+    /// RFC 3339.
+    pub started_at: String,
+    pub duration_ms: u64,
+    /// `ok`, `transient`, `rejected` or `credentials`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_code: Option<String>,
+    /// The vendor's references, when it answered with a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<VendorRefs>,
+    /// Our description of a failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub worker: String,
+}
+
+/// The attempts of one delivery that ended without an outcome (the job went
+/// to the delay ladder or became a dead letter).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptLog {
+    pub schema: String,
+    pub job_id: String,
+    /// What happened to the delivery, e.g. `retry step 0` or
+    /// `dead letter retries_exhausted`.
+    pub disposition: String,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OutcomeError {
+    /// Worth retrying: the store could not be reached or answered an error.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A record exists but cannot be read: needs a human.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait OutcomeStore: Send + Sync + 'static {
+    /// The job's stored outcome, if it has one.
+    async fn load(&self, job_id: &str) -> Result<Option<StoredOutcome>, OutcomeError>;
+    async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError>;
+    async fn save_attempts(&self, log: &AttemptLog) -> Result<(), OutcomeError>;
+    /// Where a job's outcome lives, for messages (`s3://...`).
+    fn location(&self, job_id: &str) -> String;
+}
+
+/// Object keys, shared by the S3 implementation and anything that reads the
+/// store (operators, tests).
+pub fn outcome_key(prefix: &str, job_id: &str) -> String {
+    format!("{prefix}outcomes/{job_id}.json")
+}
+
+pub fn attempts_key(prefix: &str, job_id: &str, first: u32, last: u32) -> String {
+    format!("{prefix}attempts/{job_id}/{first:06}-{last:06}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_job_ids_readable_and_sort_attempts() {
+        assert_eq!(outcome_key("", "a:b.c-1"), "outcomes/a:b.c-1.json");
+        assert_eq!(outcome_key("t/", "x"), "t/outcomes/x.json");
+        assert_eq!(
+            attempts_key("", "x", 1, 12),
+            "attempts/x/000001-000012.json"
+        );
+        assert!(attempts_key("", "x", 2, 3) < attempts_key("", "x", 10, 10));
+    }
+}
