@@ -1,0 +1,682 @@
+//! The chaos suite (DESIGN §5, §7): two real worker processes work through a
+//! batch while something breaks, and every job must come out exactly once
+//! (duplicate deliveries of the same outcome are allowed and counted), with
+//! no vendor call beyond the attempts the results record, no dead letter for
+//! a transient fault, and no worker that needs a restart.
+//!
+//! It force-closes broker connections and stops S3, so it must not share
+//! them with other tests: `scripts/chaos.sh` gives it its own Garage and its
+//! own RabbitMQ vhost and runs it alone. `CHAOS_JOBS` (default 2000) and
+//! `CHAOS_SCENARIOS` (comma-separated names; default all) scale it.
+
+use crate::harness::{env, unique};
+use futures_util::StreamExt as _;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use liveness_worker::broker::Names;
+use liveness_worker::config::Config;
+use liveness_worker::emulator::{Emulator, EmulatorConfig, Faults};
+use liveness_worker::image::sha256_hex;
+use liveness_worker::samples;
+use liveness_worker::store::S3Store;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL a replica this many times during the run (it is restarted,
+    /// as an orchestrator would).
+    KillReplica(u32),
+    /// `rabbitmqctl close_all_connections` on the suite's vhost, twice.
+    CloseConnections,
+    /// Stop the S3 server for this long.
+    StopS3(Duration),
+    /// 10% 5xx, 10% timeouts, 10% dropped connections for the whole run.
+    VendorFaults,
+    /// Revoke the vendor key for this long, then restore it.
+    RevokeKey(Duration),
+}
+
+const SCENARIOS: [(&str, Fault); 5] = [
+    ("sigkill", Fault::KillReplica(5)),
+    ("close-connections", Fault::CloseConnections),
+    ("s3-outage", Fault::StopS3(Duration::from_secs(20))),
+    ("vendor-faults-30pct", Fault::VendorFaults),
+    ("revoke-key", Fault::RevokeKey(Duration::from_secs(5))),
+];
+
+#[derive(Default)]
+struct Report {
+    name: String,
+    jobs: usize,
+    results: usize,
+    dead_letters: BTreeMap<String, usize>,
+    lost: usize,
+    duplicate_deliveries: usize,
+    conflicting_duplicates: usize,
+    submissions: u64,
+    recorded_attempts: u64,
+    extra_calls: u64,
+    extra_call_jobs: usize,
+    kills: u32,
+    unexpected_exits: usize,
+    unclean_exits: usize,
+    seconds: f64,
+}
+
+impl Report {
+    /// What the bars allow: after a SIGKILL, a job whose vendor call was in
+    /// flight (answered, not yet stored) is legitimately paid again.
+    fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.lost > 0 {
+            f.push(format!("{} jobs lost", self.lost));
+        }
+        if self.conflicting_duplicates > 0 {
+            f.push(format!(
+                "{} jobs got two different outcomes",
+                self.conflicting_duplicates
+            ));
+        }
+        if !self.dead_letters.is_empty() {
+            f.push(format!(
+                "dead letters for transient faults: {:?}",
+                self.dead_letters
+            ));
+        }
+        if self.kills == 0 && self.extra_calls > 0 {
+            f.push(format!(
+                "{} vendor calls beyond the recorded attempts",
+                self.extra_calls
+            ));
+        }
+        if self.extra_call_jobs > self.kills as usize * 64 {
+            f.push(format!(
+                "{} jobs paid again: more than the {} kills could have had in flight",
+                self.extra_call_jobs, self.kills
+            ));
+        }
+        if self.unexpected_exits > 0 {
+            f.push(format!(
+                "{} worker processes exited by themselves",
+                self.unexpected_exits
+            ));
+        }
+        if self.unclean_exits > 0 {
+            f.push(format!(
+                "{} workers did not exit 0 on SIGTERM",
+                self.unclean_exits
+            ));
+        }
+        f
+    }
+}
+
+struct Suite {
+    images: Vec<(String, String)>,
+    vhost: String,
+    log_dir: std::path::PathBuf,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by scripts/chaos.sh, which gives it its own S3 server and broker vhost"]
+async fn chaos_suite() {
+    liveness_worker::install_crypto_provider();
+    let jobs: usize = std::env::var("CHAOS_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let wanted = std::env::var("CHAOS_SCENARIOS").unwrap_or_default();
+    let vhost = env("LIVENESS_CHAOS_VHOST");
+    let cfg = Config::from_toml(&s3_toml()).expect("config");
+    let store = S3Store::new(&cfg.s3).await;
+    let log_dir = std::env::temp_dir().join(unique("liveness-chaos-logs"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+
+    // One distinct image per job, so the emulator's per-image count is a
+    // per-job count. Scores derive from the image hash: a mix of verdicts.
+    let key_prefix = unique("chaos");
+    let bucket = env("LIVENESS_TEST_IMAGES_BUCKET");
+    let started = Instant::now();
+    let images: Vec<(String, String)> = futures_util::stream::iter(0..jobs)
+        .map(|i| {
+            let (store, bucket, key_prefix) = (store.clone(), bucket.clone(), key_prefix.clone());
+            async move {
+                let bytes = samples::png(1_000_000 + i as u64, 1500, None);
+                let sha = sha256_hex(&bytes);
+                let key = format!("{key_prefix}/{i}.png");
+                store
+                    .put(&bucket, &key, bytes.into(), "image/png")
+                    .await
+                    .expect("upload");
+                (format!("s3://{bucket}/{key}"), sha)
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    println!(
+        "chaos: uploaded {jobs} images in {:.1}s; logs in {}",
+        started.elapsed().as_secs_f64(),
+        log_dir.display()
+    );
+    let suite = Suite {
+        images,
+        vhost,
+        log_dir,
+    };
+
+    let mut reports = Vec::new();
+    for (name, fault) in SCENARIOS {
+        if !wanted.is_empty() && !wanted.split(',').any(|w| w.trim() == name) {
+            continue;
+        }
+        println!("chaos: scenario {name} ...");
+        let r = run_scenario(&suite, name, fault).await;
+        println!(
+            "chaos: {name}: {} results, {} lost, {} duplicates, {:.1}s",
+            r.results, r.lost, r.duplicate_deliveries, r.seconds
+        );
+        reports.push(r);
+    }
+    let table = render(&reports);
+    println!("\n{table}");
+    if let Ok(path) = std::env::var("CHAOS_REPORT") {
+        std::fs::write(&path, &table).expect("write the chaos report");
+    }
+    let failures: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.failures().into_iter().map(|f| format!("{}: {f}", r.name)))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "chaos bars not met:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn render(reports: &[Report]) -> String {
+    let mut s = String::new();
+    writeln!(
+        s,
+        "| scenario | jobs | results | dead letters | lost | duplicate deliveries | vendor calls | recorded attempts | calls beyond recorded attempts (jobs) | replica kills | self-exits | clean SIGTERM exit | time |"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+    )
+    .unwrap();
+    for r in reports {
+        let dead = if r.dead_letters.is_empty() {
+            "0".to_owned()
+        } else {
+            format!("{:?}", r.dead_letters)
+        };
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {:.0} s |",
+            r.name,
+            r.jobs,
+            r.results,
+            dead,
+            r.lost,
+            r.duplicate_deliveries,
+            r.submissions,
+            r.recorded_attempts,
+            r.extra_calls,
+            r.extra_call_jobs,
+            r.kills,
+            r.unexpected_exits,
+            if r.unclean_exits == 0 { "yes" } else { "no" },
+            r.seconds
+        )
+        .unwrap();
+    }
+    s
+}
+
+/// The S3 part of the configuration, from the suite's own Garage.
+fn s3_toml() -> String {
+    format!(
+        "[s3]\nendpoint = \"{}\"\nregion = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nforce_path_style = true\n",
+        env("LIVENESS_S3__ENDPOINT"),
+        env("LIVENESS_S3__REGION"),
+        env("LIVENESS_S3__ACCESS_KEY_ID"),
+        env("LIVENESS_S3__SECRET_ACCESS_KEY"),
+    )
+}
+
+struct Replica {
+    child: Child,
+}
+
+fn spawn_replica(suite: &Suite, envs: &[(String, String)], tag: &str) -> Replica {
+    let log = std::fs::File::create(suite.log_dir.join(format!("{tag}.log"))).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_liveness-worker"));
+    cmd.arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Replica {
+        child: cmd.spawn().expect("worker binary starts"),
+    }
+}
+
+async fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn services(cmd: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(cmd)
+        .output()
+        .await
+        .expect("services.sh runs");
+    assert!(
+        out.status.success(),
+        "services.sh {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn connect(url: &str) -> (Connection, Channel) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Connection::connect(url, ConnectionProperties::default()).await {
+            Ok(conn) => match liveness_worker::broker::confirm_channel(&conn).await {
+                Ok(ch) => return (conn, ch),
+                Err(e) => assert!(Instant::now() < deadline, "channel: {e}"),
+            },
+            Err(e) => assert!(Instant::now() < deadline, "connect: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
+    let prefix = unique(&format!("chaos-{name}"));
+    let api_key = format!("chaos-key-{}", fastrand::u64(..));
+    let emulator = Emulator::start(EmulatorConfig {
+        faults: Faults {
+            latency_ms: 20,
+            ..Default::default()
+        },
+        ..EmulatorConfig::local(&api_key)
+    })
+    .await
+    .expect("emulator");
+    let admin = reqwest::Client::new();
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:5672/{}",
+        suite.vhost.replace('/', "%2f")
+    );
+    let envs: Vec<(String, String)> = [
+        ("LIVENESS_BROKER__URL", url.clone()),
+        ("LIVENESS_BROKER__PREFIX", prefix.clone()),
+        // The ladder outlasts a 20 s S3 outage: 1+3+10+20 s.
+        (
+            "LIVENESS_BROKER__RETRY_DELAYS",
+            r#"["1s","3s","10s","20s"]"#.into(),
+        ),
+        ("LIVENESS_WORKER__CONCURRENCY", "32".into()),
+        ("LIVENESS_WORKER__JOB_DEADLINE", "20s".into()),
+        ("LIVENESS_WORKER__DRAIN_TIMEOUT", "10s".into()),
+        (
+            "LIVENESS_WORKER__ALLOWED_BUCKETS",
+            format!(r#"["{}"]"#, env("LIVENESS_TEST_IMAGES_BUCKET")),
+        ),
+        ("LIVENESS_RETRY__INITIAL_BACKOFF", "100ms".into()),
+        ("LIVENESS_RETRY__MAX_BACKOFF", "1s".into()),
+        ("LIVENESS_RETRY__CREDENTIALS_PARK_STEP", "0".into()),
+        ("LIVENESS_RETRY__PAUSE_PROBE_INTERVAL", "1s".into()),
+        ("LIVENESS_S3__ENDPOINT", env("LIVENESS_S3__ENDPOINT")),
+        ("LIVENESS_S3__REGION", env("LIVENESS_S3__REGION")),
+        (
+            "LIVENESS_S3__ACCESS_KEY_ID",
+            env("LIVENESS_S3__ACCESS_KEY_ID"),
+        ),
+        (
+            "LIVENESS_S3__SECRET_ACCESS_KEY",
+            env("LIVENESS_S3__SECRET_ACCESS_KEY"),
+        ),
+        ("LIVENESS_S3__FORCE_PATH_STYLE", "true".into()),
+        ("LIVENESS_S3__CONNECT_TIMEOUT", "1s".into()),
+        ("LIVENESS_S3__OPERATION_TIMEOUT", "5s".into()),
+        (
+            "LIVENESS_RESULTS__BUCKET",
+            env("LIVENESS_TEST_RESULTS_BUCKET"),
+        ),
+        ("LIVENESS_RESULTS__PREFIX", format!("{prefix}/")),
+        ("LIVENESS_RESULTS__STORE_TIMEOUT", "2m".into()),
+        (
+            "LIVENESS_PROVIDERS__ARGOS__BASE_URL",
+            format!("{}/modules", emulator.base_url()),
+        ),
+        ("LIVENESS_PROVIDERS__ARGOS__API_KEY", api_key.clone()),
+        ("LIVENESS_PROVIDERS__ARGOS__TIMEOUT", "2s".into()),
+        ("LIVENESS_TELEMETRY__LISTEN", String::new()),
+        ("LIVENESS_TELEMETRY__LOG_FORMAT", "json".into()),
+        ("LIVENESS_TELEMETRY__LOG_LEVEL", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let cfg = Config::from_toml(&format!(
+        "{}\n[broker]\nurl = \"{url}\"\nprefix = \"{prefix}\"\nretry_delays = [\"1s\",\"3s\",\"10s\",\"20s\"]\n",
+        s3_toml()
+    ))
+    .expect("config");
+    let names = Names::new(&cfg.broker);
+    {
+        let (conn, _) = connect(&url).await;
+        liveness_worker::broker::declare_topology(&conn, &cfg.broker)
+            .await
+            .expect("topology");
+        let _ = conn.close(200, "".into()).await;
+    }
+
+    if fault == Fault::VendorFaults {
+        let r = admin
+            .put(format!("{}/_admin/faults", emulator.base_url()))
+            .json(&json!({"error_rate": 0.1, "timeout_rate": 0.1, "drop_rate": 0.1}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "faults accepted");
+    }
+    let mut replicas = vec![
+        spawn_replica(suite, &envs, &format!("{prefix}-r0")),
+        spawn_replica(suite, &envs, &format!("{prefix}-r1")),
+    ];
+
+    // Publish the batch with confirms, many in flight.
+    let started = Instant::now();
+    let job_ids: Vec<String> = (0..suite.images.len())
+        .map(|i| format!("{prefix}-job-{i}"))
+        .collect();
+    {
+        let (conn, ch) = connect(&url).await;
+        for (chunk_ids, chunk_imgs) in job_ids.chunks(256).zip(suite.images.chunks(256)) {
+            let mut confirms = Vec::new();
+            for (id, (uri, _)) in chunk_ids.iter().zip(chunk_imgs) {
+                let body = serde_json::to_vec(&json!({
+                    "schema": "liveness.job.v1", "job_id": id, "check": "document", "image": uri
+                }))
+                .unwrap();
+                confirms.push(
+                    ch.basic_publish(
+                        names.jobs_exchange.as_str().into(),
+                        names.jobs_routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_content_type("application/json".into())
+                            .with_message_id(id.as_str().into()),
+                    )
+                    .await
+                    .expect("publish"),
+                );
+            }
+            for c in confirms {
+                assert!(c.await.expect("confirm").is_ack(), "job publish confirmed");
+            }
+        }
+        let _ = conn.close(200, "".into()).await;
+    }
+
+    // Collect outcomes while the fault happens.
+    let done = Arc::new(AtomicUsize::new(0));
+    let total = job_ids.len();
+    let collector = tokio::spawn(collect(
+        url.clone(),
+        names.clone(),
+        job_ids.clone(),
+        done.clone(),
+    ));
+    let at = async |share: f64| {
+        let want = (total as f64 * share) as usize;
+        while done.load(Ordering::Relaxed) < want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut kills = 0;
+    match fault {
+        Fault::KillReplica(times) => {
+            for k in 0..times {
+                at(0.1 + 0.12 * k as f64).await;
+                let r = &mut replicas[(k % 2) as usize];
+                r.child.start_kill().expect("SIGKILL");
+                let _ = r.child.wait().await;
+                kills += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                replicas[(k % 2) as usize] =
+                    spawn_replica(suite, &envs, &format!("{prefix}-r{}-restart{k}", k % 2));
+            }
+        }
+        Fault::CloseConnections => {
+            for share in [0.25, 0.6] {
+                at(share).await;
+                rabbitmqctl(&[
+                    "-q",
+                    "close_all_connections",
+                    "-p",
+                    &suite.vhost,
+                    "chaos test",
+                ])
+                .await;
+            }
+        }
+        Fault::StopS3(down) => {
+            at(0.2).await;
+            services("stop-s3").await;
+            tokio::time::sleep(down).await;
+            services("start-s3").await;
+        }
+        Fault::RevokeKey(down) => {
+            let creds = format!("{}/_admin/credentials/argos", emulator.base_url());
+            at(0.2).await;
+            admin
+                .post(&creds)
+                .json(&json!({"valid": false}))
+                .send()
+                .await
+                .unwrap();
+            tokio::time::sleep(down).await;
+            admin
+                .post(&creds)
+                .json(&json!({"valid": true}))
+                .send()
+                .await
+                .unwrap();
+        }
+        Fault::VendorFaults => {}
+    }
+    let outcomes = collector.await.expect("collector");
+    let seconds = started.elapsed().as_secs_f64();
+
+    // Did any worker exit by itself? Then stop them the normal way.
+    let mut unexpected_exits = 0;
+    let mut unclean_exits = 0;
+    for r in &mut replicas {
+        if r.child.try_wait().expect("status").is_some() {
+            unexpected_exits += 1;
+            continue;
+        }
+        let pid = r.child.id().expect("running") as i32;
+        unsafe { libc_kill(pid, 15) };
+        match tokio::time::timeout(Duration::from_secs(30), r.child.wait()).await {
+            Ok(Ok(s)) if s.success() => {}
+            _ => unclean_exits += 1,
+        }
+    }
+
+    let calls: Value = admin
+        .get(format!("{}/_admin/calls", emulator.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut report = Report {
+        name: name.to_owned(),
+        jobs: total,
+        kills,
+        unexpected_exits,
+        unclean_exits,
+        seconds,
+        submissions: calls["argos"]["submissions"].as_u64().unwrap_or(0),
+        ..Default::default()
+    };
+    for (id, (_, sha)) in job_ids.iter().zip(&suite.images) {
+        let Some(seen) = outcomes.get(id) else {
+            report.lost += 1;
+            continue;
+        };
+        report.duplicate_deliveries += seen.len() - 1;
+        if seen.iter().any(|o| o.key() != seen[0].key()) {
+            report.conflicting_duplicates += 1;
+        }
+        let calls = calls["argos"]["by_image"][sha].as_u64().unwrap_or(0);
+        match &seen[0] {
+            Outcome::Result { attempts, .. } => {
+                report.results += 1;
+                report.recorded_attempts += attempts;
+                if calls > *attempts {
+                    report.extra_calls += calls - attempts;
+                    report.extra_call_jobs += 1;
+                }
+            }
+            Outcome::Dead { class } => *report.dead_letters.entry(class.clone()).or_default() += 1,
+        }
+    }
+
+    // Clean up this scenario's queues.
+    let (conn, ch) = connect(&url).await;
+    let mut queues = vec![
+        names.jobs_queue.clone(),
+        names.dead_queue.clone(),
+        names.poison_queue.clone(),
+    ];
+    queues.extend(names.results_queue.clone());
+    queues.extend(names.retry_queues.iter().map(|(q, _)| q.clone()));
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "".into()).await;
+    report
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Result { verdict: String, attempts: u64 },
+    Dead { class: String },
+}
+
+impl Outcome {
+    fn key(&self) -> String {
+        match self {
+            Outcome::Result { verdict, .. } => format!("result {verdict}"),
+            Outcome::Dead { class } => format!("dead {class}"),
+        }
+    }
+}
+
+/// Takes results and dead letters until every job is accounted for (or
+/// 6 minutes pass), then a little longer to catch late duplicates.
+/// Reconnects when the chaos closes its connection too.
+async fn collect(
+    url: String,
+    names: Names,
+    job_ids: Vec<String>,
+    done: Arc<AtomicUsize>,
+) -> HashMap<String, Vec<Outcome>> {
+    let queues = [
+        names.results_queue.clone().unwrap(),
+        names.dead_queue.clone(),
+    ];
+    let mut seen: HashMap<String, Vec<Outcome>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(360);
+    let mut settle_until: Option<Instant> = None;
+    let (mut conn, mut ch) = connect(&url).await;
+    loop {
+        if settle_until.is_some_and(|t| Instant::now() >= t) || Instant::now() >= deadline {
+            break;
+        }
+        let mut got_any = false;
+        for q in &queues {
+            match ch
+                .basic_get(q.as_str().into(), BasicGetOptions::default())
+                .await
+            {
+                Ok(Some(m)) => {
+                    got_any = true;
+                    let d = m.delivery;
+                    let v: Value = serde_json::from_slice(&d.data).expect("JSON outcome");
+                    let id = v["job_id"].as_str().unwrap_or_default().to_owned();
+                    let o = if v["schema"] == "liveness.result.v1" {
+                        Outcome::Result {
+                            verdict: v["verdict"].as_str().unwrap_or_default().to_owned(),
+                            attempts: v["attempts"].as_u64().unwrap_or(0),
+                        }
+                    } else {
+                        Outcome::Dead {
+                            class: v["failure"]["class"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        }
+                    };
+                    seen.entry(id).or_default().push(o);
+                    // A lost ack only means we see it again: counted as a duplicate.
+                    let _ = d.acker.ack(BasicAckOptions::default()).await;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    let _ = conn.close(200, "".into()).await;
+                    (conn, ch) = connect(&url).await;
+                }
+            }
+        }
+        let accounted = job_ids.iter().filter(|id| seen.contains_key(*id)).count();
+        done.store(accounted, Ordering::Relaxed);
+        if accounted == job_ids.len() && settle_until.is_none() {
+            settle_until = Some(Instant::now() + Duration::from_secs(3));
+        }
+        if !got_any {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = conn.close(200, "".into()).await;
+    seen
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
