@@ -24,3 +24,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+echo "== chaos suite (own Garage and vhost; see scripts/chaos.sh)"
+scripts/chaos.sh --jobs "${CHAOS_JOBS:-2000}"

@@ -96,7 +96,8 @@ impl Report {
                 self.extra_calls
             ));
         }
-        if self.extra_call_jobs > self.kills as usize * 64 {
+        // Each killed replica held at most `concurrency` (32) jobs.
+        if self.extra_call_jobs > self.kills as usize * 32 {
             f.push(format!(
                 "{} jobs paid again: more than the {} kills could have had in flight",
                 self.extra_call_jobs, self.kills
