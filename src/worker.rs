@@ -248,6 +248,7 @@ impl JobContext {
             data,
             properties,
             acker,
+            redelivered,
             ..
         } = delivery;
         let body = Bytes::from(data);
@@ -258,7 +259,13 @@ impl JobContext {
             .unwrap_or_default();
         let span = tracing::info_span!("job", job_id = %job_id);
         async move {
-            let delivery_count = broker::delivery_count(&properties);
+            // A first delivery has no history, whatever x-delivery-count a
+            // producer may have put in its headers.
+            let delivery_count = if redelivered {
+                broker::delivery_count(&properties)
+            } else {
+                0
+            };
             let carried = broker::carried(&properties);
             let disposition = self.process_catching_panics(body.clone(), delivery_count, carried.clone()).await;
             let label = disposition.label();

@@ -4,6 +4,7 @@
 use crate::harness::TestEnv;
 use base64::Engine as _;
 use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use liveness_worker::samples;
 use serde_json::{Value, json};
@@ -270,21 +271,54 @@ async fn vendor_errors_land_in_their_class() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_delivered_too_often_is_dead_lettered_unprocessed() {
-    let t = TestEnv::start(
+    let mut t = TestEnv::new(
         "poison",
         "[broker]\npoison_threshold = 3\ndelivery_limit = 5",
     )
     .await;
+    liveness_worker::broker::declare_topology(&t.conn, &t.cfg.broker)
+        .await
+        .unwrap();
     let uri = t.upload("p.png", samples::png(9, 2000, None)).await;
-    // As if the broker had delivered it three times before.
-    let mut h = FieldTable::default();
-    h.insert("x-delivery-count".into(), crate::harness::int_header(3));
     let job = t.job("poison-1", "document", &uri);
+    t.publish(&job).await;
+    // Really delivered (and returned) three times before the worker sees it.
+    let queue = t.names.jobs_queue.clone();
+    for _ in 0..3 {
+        let m =
+            t.ch.basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+                .expect("the job is in the queue");
+        m.delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // A producer's own x-delivery-count on a first delivery means nothing.
+    let forged_uri = t
+        .upload(
+            "forged.png",
+            samples::png(
+                10,
+                2000,
+                Some(r#"{"screen_replay":80,"printed_copy":80,"portrait_substitution":80}"#),
+            ),
+        )
+        .await;
+    let mut h = FieldTable::default();
+    h.insert("x-delivery-count".into(), crate::harness::int_header(99));
     t.publish_raw(
-        &serde_json::to_vec(&job).unwrap(),
+        &serde_json::to_vec(&t.job("forged-1", "document", &forged_uri)).unwrap(),
         BasicProperties::default().with_headers(h),
     )
     .await;
+    t.start_worker().await;
+
     let d = t.dead_letters(1).await;
     let v = &d["poison-1"].2;
     assert_eq!(failure(v), ("internal", true));
@@ -295,6 +329,11 @@ async fn a_job_delivered_too_often_is_dead_lettered_unprocessed() {
             .contains("delivered 4 times")
     );
     assert_eq!(v["job"], job);
-    assert_eq!(t.calls().await["argos"]["submissions"], 0);
+    assert_eq!(t.results(1).await["forged-1"].2["verdict"], "live");
+    assert_eq!(
+        t.calls().await["argos"]["submissions"],
+        1,
+        "only the forged-header job"
+    );
     t.finish().await;
 }
