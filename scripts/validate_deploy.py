@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Offline checks of what cannot run here (no Docker engine, no cluster):
 the Dockerfile, docker-compose.yml, the Kubernetes manifests and the Grafana
-dashboard. Kubernetes objects are validated against the Kubernetes schemas by
+dashboard, and the AsyncAPI document. Kubernetes objects are validated against the Kubernetes schemas by
 kubernetes-validate; KEDA's CRDs and the rest are checked for the properties
 this project relies on. Exits non-zero naming every problem."""
 
@@ -55,6 +55,22 @@ if not problems:
     init = " ".join(services["minio-init"]["entrypoint"])
     for b in ["liveness-images", "liveness-results"]:
         check(b in init, f"compose: bucket {b} not created")
+
+# AsyncAPI: the document names the default exchanges and queues, and every
+# payload it references is one of the generated schemas.
+asyncapi = yaml.safe_load((ROOT / "schemas/asyncapi.yaml").read_text())
+check(str(asyncapi.get("asyncapi", "")).startswith("3."), "asyncapi.yaml: not an AsyncAPI 3 document")
+addresses = {c.get("address") for c in asyncapi.get("channels", {}).values()}
+for key in ["jobs_exchange", "results_exchange", "dead_exchange", "poison_queue"]:
+    name = re.search(rf'^{key} = "([^"]+)"', default_toml, re.M).group(1)
+    check(name in addresses, f"asyncapi.yaml: no channel for {key} ({name})")
+refs = re.findall(r"\$ref: '\./([^']+)'", (ROOT / "schemas/asyncapi.yaml").read_text())
+check(len(refs) == 3, "asyncapi.yaml: expected the three message payload schemas")
+for ref in refs:
+    check((ROOT / "schemas" / ref).is_file(), f"asyncapi.yaml: payload {ref} does not exist")
+for op in asyncapi.get("operations", {}).values():
+    target = op["channel"]["$ref"].split("/")[-1]
+    check(target in asyncapi["channels"], f"asyncapi.yaml: operation on unknown channel {target}")
 
 # Kubernetes: schema validation of the core objects, then our own properties.
 docs = []

@@ -47,11 +47,28 @@ pub struct JobMessage {
     pub provider: Option<ProviderName>,
     /// Document checks only; non-empty; default all three document signals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(schema_with = "document_signals_schema")]
     pub signals: Option<Vec<SignalName>>,
     /// Opaque to the worker, echoed verbatim in the result and dead letter; at most 8 KiB as compact JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+}
+
+/// Only the document signals may be requested (`face_liveness` is implied by
+/// a face check), as the validator enforces.
+fn document_signals_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["array", "null"],
+        "minItems": 1,
+        "items": {
+            "type": "string",
+            "enum": [
+                SignalName::ScreenReplay.as_str(),
+                SignalName::PrintedCopy.as_str(),
+                SignalName::PortraitSubstitution.as_str()
+            ]
+        }
+    })
 }
 
 fn job_schema_tag(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
