@@ -62,6 +62,19 @@ pub enum FailAt {
     SubmitFront,
 }
 
+/// How the emulator signs its answers (to exercise the adapter's check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signing {
+    /// HMAC-SHA256 of the body with the signing key, as requests are signed.
+    #[default]
+    Valid,
+    /// A signature that does not match the body.
+    Wrong,
+    /// No signature header.
+    Absent,
+}
+
 /// Which documented variant the emulator answers with
 /// (`PUT /_admin/intellicheck/options`). A field left unset rotates with
 /// the transaction's sequence number n: key spelling `LIVENESS_KEYS[n % 3]`,
@@ -74,6 +87,13 @@ pub struct Variants {
     pub code: Option<Repr>,
     #[serde(default)]
     pub success_false_at: FailAt,
+    #[serde(default)]
+    pub signing: Signing,
+    /// `/get-results` answers "not ready" at least this many times per
+    /// transaction, besides the processing time: lets a test prove the
+    /// polling without depending on timing.
+    #[serde(default)]
+    pub not_ready_polls: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +106,8 @@ struct OptionsUpdate {
     #[serde(default)]
     code: Option<Option<Repr>>,
     success_false_at: Option<FailAt>,
+    signing: Option<Signing>,
+    not_ready_polls: Option<u32>,
     processing_ms: Option<u64>,
 }
 
@@ -106,6 +128,8 @@ struct Txn {
     failed: bool,
     latency_ms: Option<u64>,
     ended_at: Option<Instant>,
+    /// `/get-results` calls answered so far.
+    polls: u32,
 }
 
 /// The emulated vendor's own state, beside the shared key and faults.
@@ -179,17 +203,29 @@ fn signed(shared: &Shared, public_data: Value, private_data: Value) -> Response 
     let key = shared.vendors.lock().expect("emulator state lock")[&VENDOR]
         .api_key
         .clone();
-    let sig = wire::signature(key.as_bytes(), &body);
+    let mode = shared
+        .intellicheck
+        .variants
+        .lock()
+        .expect("emulator state lock")
+        .signing;
+    let sig = match mode {
+        Signing::Valid => Some(wire::signature(key.as_bytes(), &body)),
+        Signing::Wrong => Some(wire::signature(b"not-the-signing-key", &body)),
+        Signing::Absent => None,
+    };
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     h.insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(
-        HEADER_SIGNATURE,
-        HeaderValue::from_str(&sig).expect("hex header"),
-    );
+    if let Some(sig) = sig {
+        h.insert(
+            HEADER_SIGNATURE,
+            HeaderValue::from_str(&sig).expect("hex header"),
+        );
+    }
     resp
 }
 
@@ -330,6 +366,7 @@ async fn start(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
                 failed: false,
                 latency_ms: None,
                 ended_at: None,
+                polls: 0,
             },
         );
     }
@@ -648,12 +685,13 @@ async fn get_results(
     let processing = Duration::from_millis(emu.processing_ms.load(Ordering::Relaxed));
     let variants = emu.variants.lock().expect("emulator state lock").clone();
     let answer = {
-        let txns = emu.txns();
-        let Some(t) = txns.get(&txn) else {
+        let mut txns = emu.txns();
+        let Some(t) = txns.get_mut(&txn) else {
             return detail(StatusCode::BAD_REQUEST, "Unknown transaction_id");
         };
+        t.polls += 1;
         let ended = t.ended_at.expect("checked above");
-        if ended.elapsed() < processing {
+        if ended.elapsed() < processing || t.polls <= variants.not_ready_polls {
             None
         } else {
             Some((t.wants_liveness).then(|| liveness_object(t, &variants)))
@@ -706,6 +744,12 @@ async fn admin_options(
     }
     if let Some(f) = u.success_false_at {
         v.success_false_at = f;
+    }
+    if let Some(m) = u.signing {
+        v.signing = m;
+    }
+    if let Some(n) = u.not_ready_polls {
+        v.not_ready_polls = n;
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -769,6 +813,7 @@ mod tests {
             failed: false,
             latency_ms: None,
             ended_at: None,
+            polls: 0,
         };
         let v = Variants::default();
         let keys: Vec<String> = (0..3).map(|n| liveness_object(&t(n), &v).0).collect();

@@ -60,6 +60,14 @@ force_path_style = true
 base_url = "{argos_url}/modules"
 api_key = "{argos_key}"
 timeout = "10s"
+[providers.intellicheck]
+base_url = "{argos_url}"
+customer_id = "{INTELLICHECK_CUSTOMER}"
+signing_key = "{argos_key}-intellicheck"
+timeout = "10s"
+poll_initial_interval = "50ms"
+poll_max_interval = "200ms"
+results_timeout = "10s"
 [telemetry]
 log_format = "text"
 log_level = "warn"
@@ -72,6 +80,10 @@ log_level = "warn"
         sk = env("LIVENESS_S3__SECRET_ACCESS_KEY"),
     )
 }
+
+/// The emulator's Intellicheck customer id in tests; its signing key is
+/// the Argos key with `-intellicheck` appended.
+pub const INTELLICHECK_CUSTOMER: &str = "it-customer";
 
 pub fn unique(tag: &str) -> String {
     format!("it-{tag}-{:08x}", fastrand::u32(..))
@@ -98,9 +110,12 @@ impl TestEnv {
         let prefix = unique(tag);
         let key = format!("key-{}", fastrand::u64(..));
         liveness_worker::install_crypto_provider();
-        let emulator = Emulator::start(EmulatorConfig::local(&key))
-            .await
-            .expect("emulator starts");
+        let emulator = Emulator::start(
+            EmulatorConfig::local(&key)
+                .with_intellicheck(INTELLICHECK_CUSTOMER, &format!("{key}-intellicheck")),
+        )
+        .await
+        .expect("emulator starts");
         let base = base_toml(&prefix, &emulator.base_url(), &key);
         let cfg = Config::from_toml_layers(&[&base, extra_toml]).expect("test config is valid");
         liveness_worker::telemetry::init(&cfg.telemetry);

@@ -1,0 +1,500 @@
+//! Intellicheck through RabbitMQ, S3 and the emulator: the whole signed
+//! flow per attempt, sides in the result, every error in its class, and
+//! one submission per side per attempt.
+
+use crate::harness::{TestEnv, wait_for};
+use liveness_worker::image::sha256_hex;
+use liveness_worker::samples;
+use serde_json::{Value, json};
+
+fn intellicheck_job(t: &TestEnv, id: &str, image: &str) -> Value {
+    let mut j = t.job(id, "document", image);
+    j["provider"] = json!("intellicheck");
+    j
+}
+
+/// `PUT /_admin/intellicheck/options` on this test's emulator.
+async fn options(t: &TestEnv, body: Value) {
+    let r = reqwest::Client::new()
+        .put(format!(
+            "{}/_admin/intellicheck/options",
+            t.emulator.base_url()
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+}
+
+async fn stats(t: &TestEnv) -> Value {
+    reqwest::get(format!(
+        "{}/_admin/intellicheck/stats",
+        t.emulator.base_url()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
+async fn submissions(t: &TestEnv, image: &[u8]) -> u64 {
+    t.calls().await["intellicheck"]["by_image"][sha256_hex(image)]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn failure(v: &Value) -> (&str, bool) {
+    (
+        v["failure"]["class"].as_str().unwrap(),
+        v["failure"]["retryable"].as_bool().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_every_verdict_by_side_with_exact_scores_and_reasons() {
+    let t = TestEnv::start("ic-verdicts", "").await;
+    // Exactly two "not ready" answers per transaction, counted rather than
+    // timed: the adapter's polling is always exercised.
+    options(&t, json!({"not_ready_polls": 2, "processing_ms": 0})).await;
+    let live = samples::png(
+        1,
+        4000,
+        Some(r#"{"screen_replay":93,"printed_copy":87.1,"portrait_substitution":50}"#),
+    );
+    let spoof = samples::jpeg(
+        2,
+        4000,
+        Some(r#"{"screen_replay":97,"printed_copy":12,"portrait_substitution":80}"#),
+    );
+    let none = samples::png(
+        3,
+        4000,
+        Some(r#"{"not_performed":["screen_replay","printed_copy","portrait_substitution"]}"#),
+    );
+    let partial = samples::png(
+        4,
+        4000,
+        Some(r#"{"screen_replay":88,"not_performed":["portrait_substitution"]}"#),
+    );
+    let front = samples::png(
+        5,
+        4000,
+        Some(
+            r#"{"screen_replay":90,"printed_copy":90,"portrait_substitution":90,"warnings":["301"]}"#,
+        ),
+    );
+    let back = samples::jpeg(
+        6,
+        4000,
+        Some(
+            r#"{"screen_replay":40,"printed_copy":95,"portrait_substitution":70,"not_performed":["portrait_substitution"]}"#,
+        ),
+    );
+    let mut uris = Vec::new();
+    for (name, bytes) in [
+        ("live.png", &live),
+        ("spoof.jpg", &spoof),
+        ("none.png", &none),
+        ("partial.png", &partial),
+        ("front.png", &front),
+        ("back.jpg", &back),
+    ] {
+        uris.push(t.upload(name, bytes.clone()).await);
+    }
+    t.publish(&intellicheck_job(&t, "ic-live", &uris[0])).await;
+    t.publish(&intellicheck_job(&t, "ic-spoof", &uris[1])).await;
+    t.publish(&intellicheck_job(&t, "ic-none", &uris[2])).await;
+    let mut p = intellicheck_job(&t, "ic-partial", &uris[3]);
+    p["signals"] = json!(["screen_replay", "portrait_substitution"]);
+    t.publish(&p).await;
+    let mut two_sided = intellicheck_job(&t, "ic-back", &uris[4]);
+    two_sided["back_image"] = json!(uris[5]);
+    t.publish(&two_sided).await;
+
+    let r = t.results(5).await;
+
+    let (rk, _, v) = &r["ic-live"];
+    assert_eq!(rk, "document.live");
+    assert_eq!(v["provider"], "intellicheck");
+    assert_eq!(v["verdict"], "live");
+    assert_eq!(v["score"], 0.5);
+    assert_eq!(v["attempts"], 1);
+    assert_eq!(
+        v["signals"],
+        json!([
+            {"name":"screen_replay","side":"front","verdict":"live","score":0.93,"vendor_score":0.93,"threshold":0.5},
+            {"name":"printed_copy","side":"front","verdict":"live","score":0.871,"vendor_score":0.871,"threshold":0.5},
+            {"name":"portrait_substitution","side":"front","verdict":"live","score":0.5,"vendor_score":0.5,"threshold":0.5}
+        ])
+    );
+    assert_eq!(
+        v["reasons"],
+        json!([
+            "screen_replay (front) probability 0.93 at or above threshold 0.5",
+            "printed_copy (front) probability 0.871 at or above threshold 0.5",
+            "portrait_substitution (front) probability 0.5 at or above threshold 0.5"
+        ])
+    );
+    assert_eq!(v["warnings"], json!([]));
+    assert!(
+        v["vendor"]["transaction_id"]
+            .as_str()
+            .unwrap()
+            .contains("-ic")
+    );
+
+    let (rk, _, v) = &r["ic-spoof"];
+    assert_eq!(rk, "document.spoof");
+    assert_eq!(v["score"], 0.12);
+    assert_eq!(
+        v["reasons"],
+        json!(["printed_copy (front) probability 0.12 below threshold 0.5"])
+    );
+    assert_eq!(
+        v["signals"][1],
+        json!({"name":"printed_copy","side":"front","verdict":"spoof","score":0.12,"vendor_score":0.12,"threshold":0.5})
+    );
+
+    let (rk, _, v) = &r["ic-none"];
+    assert_eq!(rk, "document.inconclusive");
+    assert_eq!(v["score"], Value::Null);
+    assert_eq!(
+        v["signals"],
+        json!([
+            {"name":"screen_replay","side":"front","verdict":"not_performed","score":null,"vendor_score":null},
+            {"name":"printed_copy","side":"front","verdict":"not_performed","score":null,"vendor_score":null},
+            {"name":"portrait_substitution","side":"front","verdict":"not_performed","score":null,"vendor_score":null}
+        ])
+    );
+    assert_eq!(
+        v["reasons"],
+        json!([
+            "screen_replay (front) was not performed by intellicheck (live 2, probability null)",
+            "printed_copy (front) was not performed by intellicheck (live 2, probability null)",
+            "portrait_substitution (front) was not performed by intellicheck (live 2, probability null)"
+        ])
+    );
+
+    let (rk, _, v) = &r["ic-partial"];
+    assert_eq!(rk, "document.live");
+    assert_eq!(v["score"], 0.88);
+    assert_eq!(
+        v["signals"],
+        json!([
+            {"name":"screen_replay","side":"front","verdict":"live","score":0.88,"vendor_score":0.88,"threshold":0.5},
+            {"name":"portrait_substitution","side":"front","verdict":"not_performed","score":null,"vendor_score":null}
+        ])
+    );
+
+    let (rk, _, v) = &r["ic-back"];
+    assert_eq!(rk, "document.spoof");
+    assert_eq!(v["score"], 0.4);
+    assert_eq!(
+        v["signals"],
+        json!([
+            {"name":"screen_replay","side":"front","verdict":"live","score":0.9,"vendor_score":0.9,"threshold":0.5},
+            {"name":"printed_copy","side":"front","verdict":"live","score":0.9,"vendor_score":0.9,"threshold":0.5},
+            {"name":"portrait_substitution","side":"front","verdict":"live","score":0.9,"vendor_score":0.9,"threshold":0.5},
+            {"name":"screen_replay","side":"back","verdict":"spoof","score":0.4,"vendor_score":0.4,"threshold":0.5},
+            {"name":"printed_copy","side":"back","verdict":"live","score":0.95,"vendor_score":0.95,"threshold":0.5},
+            {"name":"portrait_substitution","side":"back","verdict":"not_performed","score":null,"vendor_score":null}
+        ])
+    );
+    assert_eq!(
+        v["reasons"],
+        json!([
+            "screen_replay (back) probability 0.4 below threshold 0.5",
+            "portrait_substitution (back) was not performed by intellicheck (live 2, probability null)"
+        ])
+    );
+    assert_eq!(
+        v["warnings"],
+        json!([{"code":"image_quality_301","severity":"warning","message":"the back of the document was sent as the front (Back image sent to submit-front)"}])
+    );
+    // The result describes the front image; the back was verified too.
+    assert_eq!(v["image"]["sha256"], sha256_hex(&front));
+
+    // One submission per side per attempt: five fronts and one back.
+    let calls = t.calls().await;
+    assert_eq!(calls["intellicheck"]["submissions"], 6);
+    for img in [&live, &spoof, &none, &partial, &front, &back] {
+        assert_eq!(submissions(&t, img).await, 1);
+    }
+    assert_eq!(
+        calls["argos"]["submissions"], 0,
+        "the job's provider was used"
+    );
+    let s = stats(&t).await;
+    assert_eq!(s["transactions"], 5);
+    assert_eq!(
+        s["not_ready_answers"], 10,
+        "two polls per transaction before results"
+    );
+    assert_eq!(s["results_answers"], 5);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_every_documented_variant_reads_the_same() {
+    // Intellicheck as the default document vendor: jobs name no provider.
+    let t = TestEnv::start(
+        "ic-variants",
+        "[providers]\ndefault_document = \"intellicheck\"",
+    )
+    .await;
+    let mut n = 0;
+    for key in [
+        "documentLivenessIdRnD",
+        "document_livenessIdRnD",
+        "document_liveness",
+    ] {
+        for (live, code) in [("integer", "string"), ("string", "integer")] {
+            options(&t, json!({"key": key, "live": live, "code": code})).await;
+            n += 1;
+            let img = samples::png(
+                100 + n,
+                3000,
+                Some(
+                    r#"{"screen_replay":61.25,"printed_copy":49.9,"not_performed":["portrait_substitution"],"warnings":["400"]}"#,
+                ),
+            );
+            let uri = t.upload(&format!("v{n}.png"), img).await;
+            let id = format!("ic-variant-{n}");
+            t.publish(&t.job(&id, "document", &uri)).await;
+            let r = t.results(1).await;
+            let v = &r[&id].2;
+            assert_eq!(v["provider"], "intellicheck", "{key} {live} {code}");
+            assert_eq!(v["verdict"], "spoof", "{key} {live} {code}");
+            assert_eq!(
+                v["signals"],
+                json!([
+                    {"name":"screen_replay","side":"front","verdict":"live","score":0.613,"vendor_score":0.613,"threshold":0.5},
+                    {"name":"printed_copy","side":"front","verdict":"spoof","score":0.499,"vendor_score":0.499,"threshold":0.5},
+                    {"name":"portrait_substitution","side":"front","verdict":"not_performed","score":null,"vendor_score":null}
+                ]),
+                "{key} {live} {code}"
+            );
+            assert_eq!(
+                v["warnings"],
+                json!([{"code":"image_quality_400","severity":"error","message":"the front of the document was sent via submit-back (Front of document sent via submit-back)"}]),
+                "{key} {live} {code}"
+            );
+        }
+    }
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_vendor_errors_land_in_their_class() {
+    let t = TestEnv::start("ic-errors", "").await;
+    let scores = r#""screen_replay":95,"printed_copy":95,"portrait_substitution":95"#;
+    // success:false once (in the liveness object of /get-results), with a
+    // back image: the failed attempt submitted both sides, so did the retry.
+    let flaky_front = samples::png(
+        1,
+        2000,
+        Some(&format!(r#"{{"error":0,"error_times":1,{scores}}}"#)),
+    );
+    let flaky_back = samples::png(2, 2000, Some(&format!("{{{scores}}}")));
+    // success:false every time: the budget runs out.
+    let broken = samples::png(3, 2000, Some(r#"{"error":0}"#));
+    // HTTP 400 at /submit-front: our request was wrong.
+    let rejected = samples::png(4, 2000, Some(r#"{"error":400}"#));
+    // 503 then 429 (with Retry-After): transient, recovered.
+    let unavailable = samples::png(
+        5,
+        2000,
+        Some(&format!(r#"{{"error":503,"error_times":1,{scores}}}"#)),
+    );
+    let limited = samples::png(
+        6,
+        2000,
+        Some(&format!(r#"{{"error":429,"error_times":1,{scores}}}"#)),
+    );
+    let uris = [
+        t.upload("flaky-front.png", flaky_front.clone()).await,
+        t.upload("flaky-back.png", flaky_back.clone()).await,
+        t.upload("broken.png", broken.clone()).await,
+        t.upload("rejected.png", rejected.clone()).await,
+        t.upload("unavailable.png", unavailable.clone()).await,
+        t.upload("limited.png", limited.clone()).await,
+    ];
+    let mut flaky = intellicheck_job(&t, "ic-flaky", &uris[0]);
+    flaky["back_image"] = json!(uris[1]);
+    t.publish(&flaky).await;
+    t.publish(&intellicheck_job(&t, "ic-broken", &uris[2]))
+        .await;
+    t.publish(&intellicheck_job(&t, "ic-rejected", &uris[3]))
+        .await;
+    t.publish(&intellicheck_job(&t, "ic-unavailable", &uris[4]))
+        .await;
+    t.publish(&intellicheck_job(&t, "ic-limited", &uris[5]))
+        .await;
+
+    let r = t.results(3).await;
+    for id in ["ic-flaky", "ic-unavailable", "ic-limited"] {
+        let v = &r[id].2;
+        assert_eq!(v["verdict"], "live", "{id}");
+        assert_eq!(v["attempts"], 2, "{id}: the failed attempt counts");
+    }
+    assert_eq!(r["ic-flaky"].2["signals"].as_array().unwrap().len(), 6);
+    // One submission per side per attempt.
+    assert_eq!(submissions(&t, &flaky_front).await, 2);
+    assert_eq!(submissions(&t, &flaky_back).await, 2);
+    assert_eq!(submissions(&t, &unavailable).await, 2);
+    assert_eq!(submissions(&t, &limited).await, 2);
+
+    let d = t.dead_letters(2).await;
+    let v = &d["ic-rejected"].2;
+    assert_eq!(failure(v), ("vendor_rejected_request", false));
+    assert_eq!(v["failure"]["provider"], "intellicheck");
+    assert_eq!(v["failure"]["http_status"], 400);
+    assert_eq!(v["attempts"], 1);
+    let msg = v["failure"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("intellicheck answered HTTP 400 at /api/v1/submit-front: \"Bad Request\""),
+        "{msg}"
+    );
+    assert_eq!(submissions(&t, &rejected).await, 1);
+
+    let v = &d["ic-broken"].2;
+    assert_eq!(failure(v), ("retries_exhausted", true));
+    assert_eq!(v["failure"]["vendor_code"], "success=false");
+    // Two ladder steps, two attempts per delivery: three deliveries.
+    assert_eq!(v["attempts"], 6);
+    assert_eq!(submissions(&t, &broken).await, 6);
+    let msg = v["failure"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("intellicheck could not process transaction")
+            && msg.contains("success false: Document liveness processing failed"),
+        "{msg}"
+    );
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_success_false_at_submit_front_and_response_signatures() {
+    let t = TestEnv::start("ic-submit-false", "").await;
+    options(&t, json!({"success_false_at": "submit_front"})).await;
+    let front = samples::png(
+        1,
+        2000,
+        Some(
+            r#"{"error":0,"error_times":1,"screen_replay":70,"printed_copy":70,"portrait_substitution":70}"#,
+        ),
+    );
+    let back = samples::png(2, 2000, Some(r#"{"screen_replay":70}"#));
+    let mut job = intellicheck_job(&t, "ic-early", &t.upload("f.png", front.clone()).await);
+    job["back_image"] = json!(t.upload("b.png", back.clone()).await);
+    t.publish(&job).await;
+    let r = t.results(1).await;
+    assert_eq!(r["ic-early"].2["verdict"], "live");
+    assert_eq!(r["ic-early"].2["attempts"], 2);
+    // The failed attempt stopped at /submit-front: the back went once.
+    assert_eq!(submissions(&t, &front).await, 2);
+    assert_eq!(submissions(&t, &back).await, 1);
+
+    // Unsigned answers are accepted (the default "verify" checks only
+    // signatures that are present) ...
+    options(&t, json!({"signing": "absent"})).await;
+    let plain = samples::png(3, 2000, Some(r#"{"printed_copy":20}"#));
+    let uri = t.upload("plain.png", plain).await;
+    t.publish(&intellicheck_job(&t, "ic-unsigned", &uri)).await;
+    let r = t.results(1).await;
+    assert_eq!(r["ic-unsigned"].2["verdict"], "spoof");
+
+    // ... while a signature that does not verify discards the answer: a
+    // transient failure, until the budget runs out.
+    options(&t, json!({"signing": "wrong"})).await;
+    let img = samples::png(4, 2000, Some(r#"{"printed_copy":90}"#));
+    let uri = t.upload("forged.png", img.clone()).await;
+    t.publish(&intellicheck_job(&t, "ic-forged", &uri)).await;
+    let d = t.dead_letters(1).await;
+    let v = &d["ic-forged"].2;
+    assert_eq!(failure(v), ("retries_exhausted", true));
+    let msg = v["failure"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("intellicheck's answer to /api/v1/start failed signature verification"),
+        "{msg}"
+    );
+    // Nothing was submitted: every attempt stopped at the first answer.
+    assert_eq!(submissions(&t, &img).await, 0);
+    assert_eq!(v["attempts"], 6);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_refused_credentials_park_jobs_and_dead_letter_nothing() {
+    let t = TestEnv::start("ic-creds", "").await;
+    let creds = format!("{}/_admin/credentials/intellicheck", t.emulator.base_url());
+    let admin = reqwest::Client::new();
+    admin
+        .post(&creds)
+        .json(&json!({"valid": false}))
+        .send()
+        .await
+        .unwrap();
+    let img = samples::png(
+        1,
+        2000,
+        Some(r#"{"screen_replay":80,"printed_copy":80,"portrait_substitution":80}"#),
+    );
+    let uri = t.upload("parked.png", img.clone()).await;
+    t.publish(&intellicheck_job(&t, "ic-parked", &uri)).await;
+    wait_for("intellicheck to pause", 20, async || {
+        t.probe("/readyz").await == (503, "paused vendors: intellicheck".into())
+    })
+    .await;
+    // Refused at /start (403: our signature no longer verifies): no image went out.
+    assert_eq!(submissions(&t, &img).await, 0);
+    admin
+        .post(&creds)
+        .json(&json!({"valid": true}))
+        .send()
+        .await
+        .unwrap();
+    let r = t.results(1).await;
+    assert_eq!(r["ic-parked"].2["verdict"], "live");
+    assert_eq!(submissions(&t, &img).await, 1);
+    assert_eq!(
+        t.depth(&t.names.dead_queue.clone()).await,
+        0,
+        "nothing dead-lettered for refused credentials"
+    );
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_wrong_signing_key_or_customer_pauses_the_vendor() {
+    for (tag, section) in [
+        ("ic-wrong-key", "signing_key = \"not-the-key\""),
+        ("ic-wrong-customer", "customer_id = \"someone-else\""),
+    ] {
+        let t = TestEnv::start(tag, &format!("[providers.intellicheck]\n{section}")).await;
+        let uri = t
+            .upload(
+                "x.png",
+                samples::png(1, 2000, Some(r#"{"printed_copy":80}"#)),
+            )
+            .await;
+        t.publish(&intellicheck_job(&t, "ic-refused", &uri)).await;
+        wait_for("intellicheck to pause", 20, async || {
+            t.probe("/readyz").await == (503, "paused vendors: intellicheck".into())
+        })
+        .await;
+        // Parked on the ladder again and again, never dead-lettered.
+        wait_for("the job to be parked twice", 20, async || {
+            let m = t.probe("/metrics").await.1;
+            m.lines().any(|l| {
+                l.starts_with(r#"liveness_vendor_request_duration_seconds_count{vendor="intellicheck",outcome="credentials"}"#)
+                    && l.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) >= Some(2.0)
+            })
+        })
+        .await;
+        assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0, "{tag}");
+        assert_eq!(t.calls().await["intellicheck"]["submissions"], 0, "{tag}");
+        t.finish().await;
+    }
+}
