@@ -498,3 +498,223 @@ async fn intellicheck_wrong_signing_key_or_customer_pauses_the_vendor() {
         t.finish().await;
     }
 }
+
+/// The emulator holds requests to the vendor's rules: customer id, HMAC
+/// signature, envelope shape, transaction order; every image-carrying
+/// request counts as a submission, even a refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_emulator_checks_requests_like_the_vendor() {
+    use base64::Engine as _;
+    use liveness_worker::emulator::{Emulator, EmulatorConfig};
+    use liveness_worker::providers::intellicheck::wire;
+    liveness_worker::install_crypto_provider();
+    let key = "emu-signing-key";
+    let emu = Emulator::start(EmulatorConfig::local("argos").with_intellicheck("cust-1", key))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", emu.base_url());
+    // (status, detail or decoded private_data, signature header)
+    let send = async |path: &str, body: Vec<u8>, customer: Option<&str>, sig_key: Option<&str>| {
+        let mut req = http.post(url(path)).body(body.clone());
+        if let Some(c) = customer {
+            req = req.header("customer-id", c);
+        }
+        if let Some(k) = sig_key {
+            req = req.header("signature", wire::signature(k.as_bytes(), &body));
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let sig = r
+            .headers()
+            .get("signature")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = r.bytes().await.unwrap();
+        let v = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => v["detail"].clone(),
+            Err(_) => {
+                assert!(
+                    wire::signature_matches(key.as_bytes(), &bytes, sig.as_deref().unwrap()),
+                    "answers are signed with the signing key"
+                );
+                wire::decode(&bytes).unwrap().private_data
+            }
+        };
+        (status, v)
+    };
+    let ok = |b: Vec<u8>| (b, Some("cust-1"), Some(key));
+    let env = |private: Value| wire::encode(&json!({}), &private);
+    let start = env(json!({"document_type": "other", "signals": ["document_liveness_idrnd"]}));
+
+    // Authentication: customer id (401), then the signature (403).
+    let (s, d) = send(wire::PATH_START, start.clone(), None, Some(key)).await;
+    assert_eq!((s, d), (401, json!("Unknown or missing customer-id")));
+    let (s, d) = send(wire::PATH_START, start.clone(), Some("cust-2"), Some(key)).await;
+    assert_eq!((s, d), (401, json!("Unknown or missing customer-id")));
+    let (s, d) = send(wire::PATH_START, start.clone(), Some("cust-1"), None).await;
+    assert_eq!((s, d), (403, json!("Missing signature header")));
+    let (s, d) = send(
+        wire::PATH_START,
+        start.clone(),
+        Some("cust-1"),
+        Some("other"),
+    )
+    .await;
+    assert_eq!((s, d), (403, json!("Signature verification failed")));
+
+    // Envelope validation.
+    for (body, want) in [
+        (
+            b"{not base64}".to_vec(),
+            "Request body must be base64-encoded JSON",
+        ),
+        (
+            base64::engine::general_purpose::STANDARD
+                .encode("{oops")
+                .into_bytes(),
+            "Decoded request body is not valid JSON",
+        ),
+        (
+            base64::engine::general_purpose::STANDARD
+                .encode(r#"{"private_data":{}}"#)
+                .into_bytes(),
+            "public_data is required (it may be empty)",
+        ),
+        (
+            base64::engine::general_purpose::STANDARD
+                .encode(r#"{"public_data":{},"private_data":[]}"#)
+                .into_bytes(),
+            "private_data must be an object",
+        ),
+        (env(json!({})), "document_type is required"),
+        (
+            env(json!({"document_type": "other", "signals": "document_liveness_idrnd"})),
+            "signals must be an array",
+        ),
+        (
+            env(json!({"document_type": "other", "signals": ["liveness"]})),
+            "Unknown signal",
+        ),
+    ] {
+        let (b, c, k) = ok(body);
+        let (s, d) = send(wire::PATH_START, b, c, k).await;
+        assert_eq!(s, 400, "{d}");
+        assert!(d.as_str().unwrap().starts_with(want), "{d} vs {want}");
+    }
+
+    // The flow, in order.
+    let (b, c, k) = ok(start.clone());
+    let (s, started) = send(wire::PATH_START, b, c, k).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        started["signals"],
+        json!(["document_liveness_idrnd", "ocr_scan"]),
+        "document type other adds ocr_scan"
+    );
+    assert!(started["capture_expiration_utc"].as_str().unwrap().len() == 19);
+    let txn = started["transaction_id"].as_str().unwrap().to_owned();
+    let tx = env(json!({"transaction_id": txn}));
+    let (b, c, k) = ok(tx.clone());
+    let (s, d) = send(wire::PATH_END, b, c, k).await;
+    assert_eq!(
+        (s, d),
+        (
+            400,
+            json!("No front image was submitted for this transaction")
+        )
+    );
+    let (b, c, k) = ok(tx.clone());
+    let (s, d) = send(wire::PATH_GET_RESULTS, b, c, k).await;
+    assert_eq!(
+        (s, d),
+        (400, json!("Transaction has not ended; call /end first"))
+    );
+    let (b, c, k) = ok(env(json!({"transaction_id": "nope", "front": "AAAA"})));
+    let (s, d) = send(wire::PATH_SUBMIT_FRONT, b, c, k).await;
+    assert_eq!((s, d), (400, json!("Unknown transaction_id")));
+    let (b, c, k) = ok(env(json!({"transaction_id": txn})));
+    let (s, d) = send(wire::PATH_SUBMIT_FRONT, b, c, k).await;
+    assert_eq!((s, d), (400, json!("private_data.front is required")));
+    let (b, c, k) = ok(env(json!({"transaction_id": txn, "front": "%%%"})));
+    let (s, d) = send(wire::PATH_SUBMIT_FRONT, b, c, k).await;
+    assert_eq!(
+        (s, d),
+        (400, json!("private_data.front is not valid base64"))
+    );
+    let bad_scenario = samples::png(1, 1000, Some("{nope"));
+    let (b, c, k) = ok(wire::encode_image_submission(&txn, "front", &bad_scenario));
+    let (s, d) = send(wire::PATH_SUBMIT_FRONT, b, c, k).await;
+    assert_eq!(s, 400);
+    assert!(
+        d.as_str().unwrap().starts_with("invalid liveness-scenario"),
+        "{d}"
+    );
+
+    let image = samples::png(2, 1000, Some(r#"{"screen_replay":70,"printed_copy":30}"#));
+    // Refused for its signature, yet counted: the image was sent.
+    let body = wire::encode_image_submission(&txn, "front", &image);
+    let (s, _) = send(
+        wire::PATH_SUBMIT_FRONT,
+        body.clone(),
+        Some("cust-1"),
+        Some("x"),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, d) = send(wire::PATH_SUBMIT_FRONT, body, Some("cust-1"), Some(key)).await;
+    assert_eq!((s, &d["success"]), (200, &json!(true)));
+    let (b, c, k) = ok(tx.clone());
+    assert_eq!(send(wire::PATH_END, b, c, k).await.0, 200);
+    let (b, c, k) = ok(wire::encode_image_submission(&txn, "back", &image));
+    let (s, d) = send(wire::PATH_SUBMIT_BACK, b, c, k).await;
+    assert_eq!(
+        (s, d),
+        (400, json!("Transaction has ended; start a new one"))
+    );
+    // Not ready right after /end (processing time 200 ms by default, and
+    // one counted "not ready" answer on top), then the results.
+    let admin = http
+        .put(url("/_admin/intellicheck/options"))
+        .json(&json!({"not_ready_polls": 1, "key": "document_liveness", "live": "string"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 204);
+    let (b, c, k) = ok(tx.clone());
+    let (s, d) = send(wire::PATH_GET_RESULTS, b, c, k).await;
+    assert_eq!(
+        (s, d),
+        (
+            200,
+            json!({"transaction_id": txn, "status": "processing", "message": "Results are not ready yet"})
+        )
+    );
+    let results = loop {
+        let (b, c, k) = ok(tx.clone());
+        let (s, d) = send(wire::PATH_GET_RESULTS, b, c, k).await;
+        assert_eq!(s, 200);
+        if d.get("document_liveness").is_some() {
+            break d;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        results["document_liveness"]["data"],
+        json!({"front": {
+            "screenReplay": {"threshold": 0.5, "live": "1", "probability": 0.7},
+            "printedCopy": {"threshold": 0.5, "live": "0", "probability": 0.3},
+            "portraitSubstitution": results["document_liveness"]["data"]["front"]["portraitSubstitution"],
+            "live": "0"
+        }, "back": null})
+    );
+    let calls: Value = reqwest::get(url("/_admin/calls"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // "AAAA" for an unknown transaction, the bad-scenario image, the refused
+    // and the accepted submission, the late back: all carried an image.
+    assert_eq!(calls["intellicheck"]["submissions"], 5);
+    assert_eq!(calls["intellicheck"]["by_image"][sha256_hex(&image)], 3);
+}
