@@ -96,19 +96,29 @@ pub struct Variants {
     pub not_ready_polls: u32,
 }
 
+/// An absent field leaves the option alone; `null` sets it back to rotating.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OptionsUpdate {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     key: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     live: Option<Option<Repr>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     code: Option<Option<Repr>>,
     success_false_at: Option<FailAt>,
     signing: Option<Signing>,
     not_ready_polls: Option<u32>,
     processing_ms: Option<u64>,
+}
+
+/// A field that is present, possibly `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Scores of one submitted side: a probability per check (screen replay,
@@ -799,6 +809,15 @@ mod tests {
             json!({"threshold":0.5,"live":"2","probability":null})
         );
         assert_eq!(side["live"], "1", "not performed does not fail the side");
+    }
+
+    #[test]
+    fn options_null_means_rotate_and_absent_means_unchanged() {
+        let u: OptionsUpdate = serde_json::from_str(r#"{"key": null, "live": "string"}"#).unwrap();
+        assert_eq!(u.key, Some(None));
+        assert_eq!(u.live, Some(Some(Repr::String)));
+        assert_eq!(u.code, None);
+        assert!(serde_json::from_str::<OptionsUpdate>(r#"{"kee": 1}"#).is_err());
     }
 
     #[test]
