@@ -219,6 +219,7 @@ impl Provider for Intellicheck {
                 ));
             }
         };
+        normalize::check_confirmed_signals(a.envelope.field("signals"))?;
         let front = wire::encode_image_submission(&txn, "front", &req.image.bytes);
         self.step(wire::PATH_SUBMIT_FRONT, front, &txn).await?;
         if let Some(back) = req.back_image {

@@ -203,6 +203,38 @@ pub fn warning(f: &Finding) -> Warning {
     }
 }
 
+/// `/start` confirms the signals the account is subscribed to. Without
+/// document liveness no result would ever come: that is the account's
+/// setup, not this job, so the vendor is paused like for refused
+/// credentials rather than every job polling until it gives up.
+pub fn check_confirmed_signals(confirmed: Option<&Value>) -> Result<(), VendorError> {
+    let Some(Value::Array(signals)) = confirmed else {
+        // Not echoed: nothing to check.
+        return Ok(());
+    };
+    if signals
+        .iter()
+        .any(|s| s.as_str() == Some(super::wire::SIGNAL_DOCUMENT_LIVENESS))
+    {
+        return Ok(());
+    }
+    let listed: Vec<String> = signals
+        .iter()
+        .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned))
+        .collect();
+    Err(VendorError {
+        kind: ErrorKind::Credentials,
+        message: format!(
+            "intellicheck /start did not confirm the document_liveness_idrnd signal (confirmed: [{}]): \
+             the account is not subscribed to document liveness; ask Intellicheck to enable it. The vendor is paused meanwhile",
+            listed.join(", ")
+        ),
+        vendor_code: Some("signal_not_subscribed".into()),
+        http_status: None,
+        retry_after: None,
+    })
+}
+
 /// The vendor's text from an error body: plain JSON (`detail`, `message`,
 /// `error`), an envelope, or short plain text. Cut short: it is echoed into
 /// dead letters.
@@ -554,6 +586,21 @@ mod tests {
             "data": {"front": side(check(json!(0.9), json!(1)), check(json!(0.9), json!(1)), check(json!(0.9), json!(1)))}}}),
         );
         assert!(liveness(&o, &ALL, false, "t").unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn start_must_confirm_document_liveness() {
+        assert!(check_confirmed_signals(None).is_ok());
+        assert!(
+            check_confirmed_signals(Some(&json!(["ocr_scan", "document_liveness_idrnd"]))).is_ok()
+        );
+        let e = check_confirmed_signals(Some(&json!(["ocr_scan", "idcheck"]))).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Credentials);
+        assert!(
+            e.message.contains("confirmed: [ocr_scan, idcheck]"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
