@@ -718,3 +718,173 @@ async fn intellicheck_emulator_checks_requests_like_the_vendor() {
     assert_eq!(calls["intellicheck"]["submissions"], 5);
     assert_eq!(calls["intellicheck"]["by_image"][sha256_hex(&image)], 3);
 }
+
+/// The real binary, configured by environment with Intellicheck as the
+/// document vendor and debug JSON logs: neither the signing key nor image
+/// bytes (raw, base64 or hex) reach logs, results, dead letters or metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_signing_key_and_images_never_leak_from_the_binary() {
+    use base64::Engine as _;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let t = TestEnv::new("ic-leak", "").await;
+    let signing_key = "ic-LEAKCHECK-5b1e77d02c";
+    let emu = liveness_worker::emulator::Emulator::start(
+        liveness_worker::emulator::EmulatorConfig::local("unused-argos-key")
+            .with_intellicheck("leak-customer", signing_key),
+    )
+    .await
+    .unwrap();
+    let scores = r#""screen_replay":95,"printed_copy":95,"portrait_substitution":95"#;
+    let front = samples::png(
+        81,
+        50_000,
+        Some(&format!(r#"{{"error":0,"error_times":1,{scores}}}"#)),
+    );
+    let back = samples::jpeg(82, 50_000, Some(&format!("{{{scores}}}")));
+    let rejected = samples::png(83, 50_000, Some(r#"{"error":400}"#));
+    let mut job = t.job(
+        "ic-leak-1",
+        "document",
+        &t.upload("f.png", front.clone()).await,
+    );
+    job["back_image"] = json!(t.upload("b.jpg", back.clone()).await);
+    let bad = t.job(
+        "ic-leak-bad",
+        "document",
+        &t.upload("r.png", rejected.clone()).await,
+    );
+    let metrics_port = 20_000 + fastrand::u16(..20_000);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_liveness-worker"))
+        .arg("run")
+        .env("LIVENESS_BROKER__PREFIX", &t.prefix)
+        .env("LIVENESS_BROKER__RETRY_DELAYS", r#"["300ms"]"#)
+        .env("LIVENESS_RETRY__CREDENTIALS_PARK_STEP", "0")
+        .env("LIVENESS_PROVIDERS__DEFAULT_DOCUMENT", "intellicheck")
+        .env("LIVENESS_PROVIDERS__INTELLICHECK__BASE_URL", emu.base_url())
+        .env(
+            "LIVENESS_PROVIDERS__INTELLICHECK__CUSTOMER_ID",
+            "leak-customer",
+        )
+        .env("LIVENESS_PROVIDERS__INTELLICHECK__SIGNING_KEY", signing_key)
+        .env(
+            "LIVENESS_PROVIDERS__INTELLICHECK__POLL_INITIAL_INTERVAL",
+            "50ms",
+        )
+        .env(
+            "LIVENESS_WORKER__ALLOWED_BUCKETS",
+            format!(r#"["{}"]"#, crate::harness::images_bucket()),
+        )
+        .env("LIVENESS_TELEMETRY__LOG_FORMAT", "json")
+        .env("LIVENESS_TELEMETRY__LOG_LEVEL", "debug")
+        .env(
+            "LIVENESS_TELEMETRY__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker binary starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.consumers(&t.names.jobs_queue.clone()).await.unwrap_or(0) == 0 {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().await.unwrap();
+            panic!(
+                "worker exited with {status}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker process did not start consuming"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.publish(&job).await;
+    t.publish(&bad).await;
+    let results = t
+        .take(
+            &t.names.results_queue.clone().unwrap(),
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(
+        results[0].2["attempts"], 2,
+        "the success:false attempt counted"
+    );
+    assert_eq!(results[0].2["provider"], "intellicheck");
+    let dead = t
+        .take(&t.names.dead_queue.clone(), 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(dead[0].2["failure"]["class"], "vendor_rejected_request");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let pid = child.id().expect("running") as i32;
+    assert_eq!(unsafe { kill(pid, 15) }, 0);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let logs =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        logs.contains("Vendor call failed"),
+        "the retry was logged:\n{logs}"
+    );
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut needles: Vec<(String, String)> = vec![("signing key".into(), signing_key.into())];
+    for (name, img) in [("front", &front), ("back", &back), ("rejected", &rejected)] {
+        let chunk = &img[img.len() / 2..img.len() / 2 + 30];
+        needles.push((
+            format!("{name} bytes (base64)"),
+            b64.encode(chunk)[4..36].to_owned(),
+        ));
+        needles.push((format!("{name} bytes (hex)"), hex::encode(chunk)));
+        // The image as it travels: base64 inside the base64 envelope, at
+        // each of the three alignments it can have there.
+        let inner = b64.encode(&img[..3000]);
+        let travelling: Vec<String> = (0..3)
+            .map(|shift| b64.encode(&inner.as_bytes()[1200 + shift..1500])[8..60].to_owned())
+            .collect();
+        let body = liveness_worker::providers::intellicheck::wire::encode_image_submission(
+            "some-transaction",
+            "front",
+            img,
+        );
+        let body = String::from_utf8(body).unwrap();
+        assert!(
+            travelling.iter().any(|n| body.contains(n.as_str())),
+            "the envelope needles match a real request body"
+        );
+        for n in travelling {
+            needles.push((format!("{name} envelope"), n));
+        }
+    }
+    let outputs = [("logs".to_owned(), logs), ("metrics".to_owned(), metrics)]
+        .into_iter()
+        .chain(
+            results
+                .iter()
+                .chain(&dead)
+                .map(|(rk, _, v)| (format!("message {rk}"), v.to_string())),
+        );
+    for (what, text) in outputs {
+        for (name, needle) in &needles {
+            assert!(!text.contains(needle.as_str()), "{name} leaked into {what}");
+        }
+    }
+    t.finish().await;
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
