@@ -245,6 +245,7 @@ fn error_text(body: &[u8]) -> Option<String> {
             .find_map(|k| match v.get(*k)? {
                 Value::String(s) => Some(s.clone()),
                 Value::Null => None,
+                Value::Array(items) => Some(validation_items(items)),
                 other => Some(other.to_string()),
             })
     };
@@ -259,7 +260,7 @@ fn error_text(body: &[u8]) -> Option<String> {
             .filter(|t| !t.is_empty() && !t.starts_with('<'))
             .map(str::to_owned)
     }?;
-    let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
+    let mut text = scrub(&text);
     if text.len() > 200 {
         let cut = (0..=200)
             .rev()
@@ -269,6 +270,53 @@ fn error_text(body: &[u8]) -> Option<String> {
         text.push('…');
     }
     Some(text)
+}
+
+/// FastAPI-style validation items (`[{"loc": [...], "msg": "..."}]`) as
+/// `loc.path: msg`; their `input` (which may be our image) is left out.
+fn validation_items(items: &[Value]) -> String {
+    let one = |i: &Value| -> String {
+        let msg = i.get("msg").and_then(Value::as_str);
+        let loc = i.get("loc").and_then(Value::as_array).map(|l| {
+            l.iter()
+                .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(".")
+        });
+        match (loc, msg) {
+            (Some(l), Some(m)) => format!("{l}: {m}"),
+            (None, Some(m)) => m.to_owned(),
+            _ => "unexplained validation error".to_owned(),
+        }
+    };
+    items.iter().map(one).collect::<Vec<_>>().join("; ")
+}
+
+/// Control characters dropped, and any long run of base64 or hex
+/// characters replaced: a vendor echoing our request must not put image
+/// bytes into a dead letter.
+fn scrub(text: &str) -> String {
+    let is_blob = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 40 {
+            out.push_str("[data removed]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if is_blob(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// A non-2xx answer to one step of the flow.
@@ -642,8 +690,12 @@ mod tests {
         for (body, want) in [
             (&br#"{"message":"bad"}"#[..], Some("bad")),
             (
-                br#"{"detail":[{"loc":["body"],"msg":"field required"}]}"#,
-                Some(r#"[{"loc":["body"],"msg":"field required"}]"#),
+                br#"{"detail":[{"loc":["body","private_data","front"],"msg":"field required","input":"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA"},{"msg":"x"}]}"#,
+                Some("body.private_data.front: field required; x"),
+            ),
+            (
+                br#"{"detail":"bad front iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk given for txn-1234"}"#,
+                Some("bad front [data removed] given for txn-1234"),
             ),
             (&env[..], Some("front is required")),
             (b"Bad Gateway", Some("Bad Gateway")),
