@@ -149,32 +149,36 @@ impl Emulator {
     pub async fn start(cfg: EmulatorConfig) -> anyhow::Result<Emulator> {
         let shared = Arc::new(Shared {
             vendors: Mutex::new(
-                [
-                    (ProviderName::Argos, cfg.argos_api_key.clone()),
-                    (
-                        ProviderName::Intellicheck,
-                        cfg.intellicheck_signing_key.clone(),
-                    ),
-                ]
-                .into_iter()
-                .map(|(p, key)| {
-                    (
-                        p,
-                        VendorState {
-                            api_key: key,
-                            key_valid: true,
-                            faults: cfg.faults.clone(),
-                            calls: VendorCalls::default(),
-                        },
-                    )
-                })
-                .collect(),
+                [(ProviderName::Argos, cfg.argos_api_key.clone())]
+                    .into_iter()
+                    .map(|(p, key)| {
+                        (
+                            p,
+                            VendorState {
+                                api_key: key,
+                                key_valid: true,
+                                faults: cfg.faults.clone(),
+                                calls: VendorCalls::default(),
+                            },
+                        )
+                    })
+                    .collect(),
             ),
             intellicheck: intellicheck::Emu::new(
                 &cfg.intellicheck_customer_id,
                 cfg.intellicheck_processing,
             ),
         });
+        // Intellicheck's key is its HMAC signing key.
+        shared.vendors.lock().expect("emulator state lock").insert(
+            ProviderName::Intellicheck,
+            VendorState {
+                api_key: cfg.intellicheck_signing_key.clone(),
+                key_valid: true,
+                faults: cfg.faults.clone(),
+                calls: VendorCalls::default(),
+            },
+        );
         let app = Router::new()
             .merge(argos::routes())
             .merge(intellicheck::routes())
