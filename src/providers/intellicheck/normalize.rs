@@ -78,11 +78,14 @@ fn explain(
             )));
         }
     };
-    let cutoff = match &check.threshold {
-        Some(t) if is_live => format!("at or above threshold {t}"),
-        Some(t) => format!("below threshold {t}"),
-        None if is_live => "judged live by the vendor".into(),
-        None => "judged not live by the vendor".into(),
+    let judged = if is_live { "live" } else { "not live" };
+    // `live` is the vendor's verdict; the words follow the numbers only
+    // where the two agree.
+    let cutoff = match (&check.threshold, threshold) {
+        (Some(t), Some(tf)) if is_live && prob >= tf => format!("at or above threshold {t}"),
+        (Some(t), Some(tf)) if !is_live && prob < tf => format!("below threshold {t}"),
+        (Some(t), _) => format!("with threshold {t}, judged {judged} by the vendor"),
+        (None, _) => format!("judged {judged} by the vendor"),
     };
     let outcome = SignalOutcome {
         name: signal,
@@ -556,6 +559,42 @@ mod tests {
             a.signals[1].verdict,
             SignalVerdict::NotPerformed,
             "a missing check"
+        );
+        // The vendor's `live` wins over the numbers, and the reason says so.
+        let o = obj(json!({"documentLivenessIdRnD": {"success": true,
+            "data": {"front": {"screenReplay": {"threshold": 0.8, "live": 0, "probability": 0.85},
+                               "printedCopy": {"live": "1", "probability": 0.2}}}}}));
+        let a = liveness(
+            &o,
+            &[SignalName::ScreenReplay, SignalName::PrintedCopy],
+            false,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(a.signals[0].verdict, SignalVerdict::Spoof);
+        assert_eq!(a.signals[1].verdict, SignalVerdict::Live);
+        assert_eq!(
+            a.reasons,
+            vec![
+                "screen_replay (front) probability 0.85 with threshold 0.8, judged not live by the vendor"
+            ]
+        );
+        assert_eq!(
+            explain(
+                SignalName::PrintedCopy,
+                Side::Front,
+                o.data
+                    .as_ref()
+                    .unwrap()
+                    .front
+                    .as_ref()
+                    .unwrap()
+                    .printed_copy
+                    .as_ref()
+            )
+            .unwrap()
+            .1,
+            "printed_copy (front) probability 0.2 judged live by the vendor"
         );
         for bad in [
             json!({"threshold": 0.5, "live": 1, "probability": 1.7}),
