@@ -418,6 +418,26 @@ mod tests {
     }
 
     #[test]
+    fn threshold_is_the_vendors_own_0_8_or_0_5() {
+        // Page versions give 0.8 and 0.5: whichever the answer carries is kept.
+        let o = obj(
+            json!({"documentLivenessIdRnD": {"success": true, "result": true,
+            "data": {"front": side(
+                json!({"threshold": 0.8, "live": 0, "probability": 0.79}),
+                json!({"threshold": 0.8, "live": 1, "probability": 0.8}),
+                check(json!(0.79), json!(1)))}}}),
+        );
+        let a = liveness(&o, &ALL, false, "t").unwrap();
+        assert_eq!(a.verdict(), Verdict::Spoof);
+        assert_eq!(
+            a.reasons,
+            vec!["screen_replay (front) probability 0.79 below threshold 0.8"]
+        );
+        assert_eq!(a.signals[1].threshold, Some(Number::from_f64(0.8).unwrap()));
+        assert_eq!(a.signals[2].verdict, SignalVerdict::Live);
+    }
+
+    #[test]
     fn live_2_and_null_probability_are_not_performed() {
         let o = obj(json!({"document_liveness": {
             "success": true, "result": true,
