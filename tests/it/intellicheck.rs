@@ -332,6 +332,10 @@ async fn intellicheck_vendor_errors_land_in_their_class() {
         .await;
     t.publish(&intellicheck_job(&t, "ic-limited", &uris[5]))
         .await;
+    // A face check is not Intellicheck's to do.
+    let mut face = intellicheck_job(&t, "ic-face", &uris[5]);
+    face["check"] = json!("face");
+    t.publish(&face).await;
 
     let r = t.results(3).await;
     for id in ["ic-flaky", "ic-unavailable", "ic-limited"] {
@@ -346,7 +350,16 @@ async fn intellicheck_vendor_errors_land_in_their_class() {
     assert_eq!(submissions(&t, &unavailable).await, 2);
     assert_eq!(submissions(&t, &limited).await, 2);
 
-    let d = t.dead_letters(2).await;
+    let d = t.dead_letters(3).await;
+    let v = &d["ic-face"].2;
+    assert_eq!(failure(v), ("invalid_job", false));
+    assert!(
+        v["failure"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("provider intellicheck cannot do face checks")
+    );
+    assert_eq!(v["attempts"], 0);
     let v = &d["ic-rejected"].2;
     assert_eq!(failure(v), ("vendor_rejected_request", false));
     assert_eq!(v["failure"]["provider"], "intellicheck");
@@ -887,4 +900,87 @@ async fn intellicheck_signing_key_and_images_never_leak_from_the_binary() {
 
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The adapter alone against the emulator: each `response_signatures`
+/// policy against signed, unsigned and wrongly signed answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_adapter_response_signature_policies() {
+    use liveness_worker::config::Config;
+    use liveness_worker::domain::{Check, SignalName};
+    use liveness_worker::emulator::{Emulator, EmulatorConfig};
+    use liveness_worker::providers::intellicheck::Intellicheck;
+    use liveness_worker::providers::{ErrorKind, Image, Provider, VendorRequest};
+    liveness_worker::install_crypto_provider();
+    let emu = Emulator::start(EmulatorConfig::local("a").with_intellicheck("c", "signing"))
+        .await
+        .unwrap();
+    let bytes = samples::png(
+        9,
+        2000,
+        Some(r#"{"screen_replay":75,"printed_copy":75,"portrait_substitution":75}"#),
+    );
+    let image = Image {
+        uri: "s3://b/k".into(),
+        sha256: sha256_hex(&bytes),
+        bytes: bytes.into(),
+        content_type: "image/png",
+    };
+    let req = VendorRequest {
+        job_id: "j",
+        check: Check::Document,
+        signals: &SignalName::DOCUMENT,
+        image: &image,
+        back_image: None,
+        metadata: None,
+    };
+    let adapter = |policy: &str| {
+        let cfg = Config::from_toml(&format!(
+            "[providers.intellicheck]\nbase_url = \"{}\"\ncustomer_id = \"c\"\nsigning_key = \"signing\"\npoll_initial_interval = \"20ms\"\nresponse_signatures = \"{policy}\"",
+            emu.base_url()
+        ))
+        .unwrap();
+        Intellicheck::new(reqwest::Client::new(), &cfg.providers.intellicheck).unwrap()
+    };
+    let admin = async |signing: &str| {
+        let r = reqwest::Client::new()
+            .put(format!("{}/_admin/intellicheck/options", emu.base_url()))
+            .json(&json!({ "signing": signing }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    };
+    for (signing, policy, ok) in [
+        ("valid", "verify", true),
+        ("valid", "require", true),
+        ("absent", "verify", true),
+        ("absent", "require", false),
+        ("absent", "ignore", true),
+        ("wrong", "verify", false),
+        ("wrong", "require", false),
+        ("wrong", "ignore", true),
+    ] {
+        admin(signing).await;
+        let out = adapter(policy).verify(&req).await;
+        match out {
+            Ok(a) => {
+                assert!(ok, "{signing}/{policy} should fail");
+                assert_eq!(a.signals.len(), 3);
+                assert_eq!(a.score(), Some(0.75));
+            }
+            Err(e) => {
+                assert!(!ok, "{signing}/{policy}: {e}");
+                assert_eq!(e.kind, ErrorKind::Transient);
+                let want = if signing == "wrong" {
+                    "failed signature verification"
+                } else {
+                    "without a signature header"
+                };
+                assert!(e.message.contains(want), "{}", e.message);
+            }
+        }
+    }
+    // A face check is not Intellicheck's to do.
+    assert!(!adapter("verify").supports(Check::Face));
 }
