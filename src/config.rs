@@ -3,6 +3,7 @@
 
 use crate::domain::ProviderName;
 use crate::providers::argos::normalize::Bands;
+use crate::providers::intellicheck::ResponseSignatures;
 use anyhow::{Context as _, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -220,6 +221,7 @@ pub struct ProvidersConfig {
     pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     pub argos: ArgosConfig,
+    pub intellicheck: IntellicheckConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +234,24 @@ pub struct ArgosConfig {
     pub use_upcoming_version: bool,
     pub document_bands: Bands,
     pub face_bands: Bands,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntellicheckConfig {
+    pub base_url: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub customer_id: String,
+    pub signing_key: Secret,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_initial_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_max_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub results_timeout: Duration,
+    pub response_signatures: ResponseSignatures,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -325,6 +345,10 @@ impl Config {
             .argos
             .api_key
             .resolve("providers.argos.api_key")?;
+        cfg.providers
+            .intellicheck
+            .signing_key
+            .resolve("providers.intellicheck.signing_key")?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -480,6 +504,29 @@ impl Config {
                 format!("{key}: need 0 <= spoof_at_or_below <= live_above <= 100"),
             );
         }
+        let i = &self.providers.intellicheck;
+        // Only a configured vendor is checked: the default has no base URL,
+        // since Intellicheck publishes no host.
+        if !i.signing_key.is_empty() {
+            check(
+                i.base_url.starts_with("http://") || i.base_url.starts_with("https://"),
+                "providers.intellicheck.base_url must be an http(s) URL when signing_key is set"
+                    .into(),
+            );
+            check(
+                !i.customer_id.is_empty(),
+                "providers.intellicheck.customer_id must be set when signing_key is set".into(),
+            );
+            check(
+                !i.poll_initial_interval.is_zero()
+                    && i.poll_initial_interval <= i.poll_max_interval,
+                "providers.intellicheck.poll_initial_interval must be positive and not exceed poll_max_interval".into(),
+            );
+            check(
+                !i.timeout.is_zero() && !i.results_timeout.is_zero(),
+                "providers.intellicheck.timeout and results_timeout must be positive".into(),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -615,6 +662,44 @@ mod tests {
         let e =
             Config::from_toml("[providers.argos]\napi_key = \"file:/nonexistent/x\"").unwrap_err();
         assert!(e.to_string().contains("providers.argos.api_key"));
+    }
+
+    #[test]
+    fn intellicheck_section() {
+        let c = Config::from_toml("").unwrap();
+        let i = &c.providers.intellicheck;
+        assert!(i.signing_key.is_empty(), "off by default");
+        assert_eq!(i.response_signatures, ResponseSignatures::Verify);
+        let dir = std::env::temp_dir().join(format!("lw-ic-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("key");
+        std::fs::write(&f, "ic-signing-secret\n").unwrap();
+        let c = Config::from_toml(&format!(
+            "[providers.intellicheck]\nbase_url = \"http://x\"\ncustomer_id = 1234\nsigning_key = \"file:{}\"\nresponse_signatures = \"require\"",
+            f.display()
+        ))
+        .unwrap();
+        let i = &c.providers.intellicheck;
+        assert_eq!(i.signing_key.expose(), "ic-signing-secret");
+        assert_eq!(i.customer_id, "1234");
+        assert_eq!(i.response_signatures, ResponseSignatures::Require);
+        assert!(!format!("{c:?}").contains("ic-signing-secret"));
+        let e = Config::from_toml(
+            "[providers.intellicheck]\nsigning_key = \"k\"\npoll_initial_interval = \"10s\"\npoll_max_interval = \"1s\"",
+        )
+        .unwrap_err()
+        .to_string();
+        for k in [
+            "providers.intellicheck.base_url",
+            "providers.intellicheck.customer_id",
+            "providers.intellicheck.poll_initial_interval",
+        ] {
+            assert!(e.contains(k), "{k} not in {e}");
+        }
+        let e = Config::from_toml("[providers.intellicheck]\nresponse_signatures = \"maybe\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("response_signatures"), "{e}");
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
             latency_ms: args.latency_ms,
             error_rate: 0.0,
         },
+        ..EmulatorConfig::local(&api_key)
     })
     .await?;
     let bucket = args

@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run the worker until SIGTERM or SIGINT, then drain and exit 0.
     Run,
-    /// Serve the vendor emulator (Argos ID and Face Liveness) with its admin API.
+    /// Serve the vendor emulator (Argos ID and Face Liveness, Intellicheck) with its admin API.
     Emulator {
         #[arg(
             long,
@@ -37,6 +37,24 @@ enum Command {
         /// The x-api-key the emulated Argos accepts.
         #[arg(long, env = "LIVENESS_EMULATOR_ARGOS_API_KEY", hide_env_values = true)]
         argos_api_key: String,
+        /// The customer-id the emulated Intellicheck accepts.
+        #[arg(
+            long,
+            env = "LIVENESS_EMULATOR_INTELLICHECK_CUSTOMER_ID",
+            default_value = "local-customer"
+        )]
+        intellicheck_customer_id: String,
+        /// The HMAC signing key the emulated Intellicheck verifies requests with and signs
+        /// answers with; defaults to the Argos key.
+        #[arg(
+            long,
+            env = "LIVENESS_EMULATOR_INTELLICHECK_SIGNING_KEY",
+            hide_env_values = true
+        )]
+        intellicheck_signing_key: Option<String>,
+        /// How long Intellicheck's /get-results answers "not ready" after /end, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        intellicheck_processing_ms: u64,
         /// Latency added to every vendor answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
@@ -102,23 +120,31 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Emulator {
             listen,
             argos_api_key,
+            intellicheck_customer_id,
+            intellicheck_signing_key,
+            intellicheck_processing_ms,
             latency_ms,
             error_rate,
         } => {
             let cfg =
                 Config::load(&sources).unwrap_or_else(|_| Config::from_toml("").expect("defaults"));
             telemetry::init(&cfg.telemetry);
+            let signing_key = intellicheck_signing_key.unwrap_or_else(|| argos_api_key.clone());
             let emu = Emulator::start(EmulatorConfig {
                 listen,
-                argos_api_key,
                 faults: Faults {
                     latency_ms,
                     error_rate,
                 },
+                intellicheck_processing: std::time::Duration::from_millis(
+                    intellicheck_processing_ms,
+                ),
+                ..EmulatorConfig::local(&argos_api_key)
+                    .with_intellicheck(&intellicheck_customer_id, &signing_key)
             })
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-            tracing::info!(url = %emu.base_url(), "Emulator listening; Argos base URL is <url>/modules");
+            tracing::info!(url = %emu.base_url(), "Emulator listening; Argos base URL is <url>/modules, Intellicheck's is <url>");
             tokio::select! {
                 r = emu.wait() => r,
                 _ = wait_for_signal() => Ok(()),

@@ -11,6 +11,7 @@
 //! ```
 
 mod argos;
+mod intellicheck;
 pub mod scenario;
 
 use crate::domain::ProviderName;
@@ -31,6 +32,11 @@ use tokio::sync::oneshot;
 pub struct EmulatorConfig {
     pub listen: SocketAddr,
     pub argos_api_key: String,
+    /// Intellicheck's `customer-id` and HMAC signing key.
+    pub intellicheck_customer_id: String,
+    pub intellicheck_signing_key: String,
+    /// How long Intellicheck's `/get-results` answers "not ready" after `/end`.
+    pub intellicheck_processing: Duration,
     pub faults: Faults,
 }
 
@@ -40,8 +46,18 @@ impl EmulatorConfig {
         EmulatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             argos_api_key: argos_api_key.to_owned(),
+            intellicheck_customer_id: "local-customer".into(),
+            intellicheck_signing_key: argos_api_key.to_owned(),
+            intellicheck_processing: Duration::from_millis(200),
             faults: Faults::default(),
         }
+    }
+
+    /// Sets Intellicheck's customer id and signing key.
+    pub fn with_intellicheck(mut self, customer_id: &str, signing_key: &str) -> Self {
+        self.intellicheck_customer_id = customer_id.to_owned();
+        self.intellicheck_signing_key = signing_key.to_owned();
+        self
     }
 }
 
@@ -78,6 +94,7 @@ struct VendorState {
 
 pub(crate) struct Shared {
     vendors: Mutex<HashMap<ProviderName, VendorState>>,
+    intellicheck: intellicheck::Emu,
 }
 
 impl Shared {
@@ -147,9 +164,24 @@ impl Emulator {
                     })
                     .collect(),
             ),
+            intellicheck: intellicheck::Emu::new(
+                &cfg.intellicheck_customer_id,
+                cfg.intellicheck_processing,
+            ),
         });
+        // Intellicheck's key is its HMAC signing key.
+        shared.vendors.lock().expect("emulator state lock").insert(
+            ProviderName::Intellicheck,
+            VendorState {
+                api_key: cfg.intellicheck_signing_key.clone(),
+                key_valid: true,
+                faults: cfg.faults.clone(),
+                calls: VendorCalls::default(),
+            },
+        );
         let app = Router::new()
             .merge(argos::routes())
+            .merge(intellicheck::routes())
             .route("/_admin/calls", get(admin_calls))
             .route("/_admin/credentials/{vendor}", post(admin_credentials))
             .route("/_admin/faults", put(admin_faults))

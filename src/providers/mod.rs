@@ -3,6 +3,7 @@
 //! normalization; only its [`Provider`] implementation leaves the folder.
 
 pub mod argos;
+pub mod intellicheck;
 
 use crate::domain::assessment::Assessment;
 use crate::domain::{Check, ProviderName, SignalName};

@@ -65,6 +65,14 @@ force_path_style = true
 base_url = "{argos_url}/modules"
 api_key = "{argos_key}"
 timeout = "10s"
+[providers.intellicheck]
+base_url = "{argos_url}"
+customer_id = "{INTELLICHECK_CUSTOMER}"
+signing_key = "{argos_key}-intellicheck"
+timeout = "10s"
+poll_initial_interval = "50ms"
+poll_max_interval = "200ms"
+results_timeout = "10s"
 [telemetry]
 log_format = "text"
 log_level = "warn"
@@ -78,6 +86,10 @@ log_level = "warn"
         sk = env("LIVENESS_S3__SECRET_ACCESS_KEY"),
     )
 }
+
+/// The emulator's Intellicheck customer id in tests; its signing key is
+/// the Argos key with `-intellicheck` appended.
+pub const INTELLICHECK_CUSTOMER: &str = "it-customer";
 
 pub fn unique(tag: &str) -> String {
     format!("it-{tag}-{:08x}", fastrand::u32(..))
@@ -104,9 +116,12 @@ impl TestEnv {
         let prefix = unique(tag);
         let key = format!("key-{}", fastrand::u64(..));
         liveness_worker::install_crypto_provider();
-        let emulator = Emulator::start(EmulatorConfig::local(&key))
-            .await
-            .expect("emulator starts");
+        let emulator = Emulator::start(
+            EmulatorConfig::local(&key)
+                .with_intellicheck(INTELLICHECK_CUSTOMER, &format!("{key}-intellicheck")),
+        )
+        .await
+        .expect("emulator starts");
         let base = base_toml(&prefix, &emulator.base_url(), &key);
         let cfg = Config::from_toml_layers(&[&base, extra_toml]).expect("test config is valid");
         liveness_worker::telemetry::init(&cfg.telemetry);
@@ -430,4 +445,17 @@ pub fn int_header(v: i64) -> AMQPValue {
 
 pub fn corr(p: &BasicProperties) -> Option<String> {
     p.correlation_id().as_ref().map(ShortString::to_string)
+}
+
+/// Reads a child's stdout and stderr as it runs (a verbose worker would
+/// otherwise block on a full pipe); the handle yields stderr then stdout.
+pub fn capture_output(child: &mut tokio::process::Child) -> tokio::task::JoinHandle<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let mut out = child.stdout.take().expect("stdout is piped");
+    tokio::spawn(async move {
+        let (mut e, mut o) = (Vec::new(), Vec::new());
+        let _ = tokio::join!(err.read_to_end(&mut e), out.read_to_end(&mut o));
+        String::from_utf8_lossy(&e).into_owned() + &String::from_utf8_lossy(&o)
+    })
 }

@@ -6,6 +6,7 @@ mod chaos;
 mod dead_letters;
 mod delivery;
 mod harness;
+mod intellicheck;
 mod pay_once;
 mod results;
 mod telemetry;

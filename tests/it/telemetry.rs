@@ -244,14 +244,11 @@ async fn no_secret_or_image_byte_leaks_from_a_real_worker_process() {
         .kill_on_drop(true)
         .spawn()
         .expect("worker binary starts");
+    let output = crate::harness::capture_output(&mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while t.consumers(&t.names.jobs_queue.clone()).await.unwrap_or(0) == 0 {
         if let Ok(Some(status)) = child.try_wait() {
-            let out = child.wait_with_output().await.unwrap();
-            panic!(
-                "worker exited with {status}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("worker exited with {status}: {}", output.await.unwrap());
         }
         assert!(
             Instant::now() < deadline,
@@ -286,13 +283,12 @@ async fn no_secret_or_image_byte_leaks_from_a_real_worker_process() {
     // SIGTERM: drain and exit 0.
     let pid = child.id().expect("running") as i32;
     assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("exits after SIGTERM")
         .unwrap();
-    assert!(out.status.success(), "exit status {:?}", out.status);
-    let logs =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(status.success(), "exit status {status:?}");
+    let logs = output.await.unwrap();
 
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut needles: Vec<(String, String)> = vec![
