@@ -195,6 +195,7 @@ pub struct ProvidersConfig {
     pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     pub argos: ArgosConfig,
+    pub didit: DiditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +208,22 @@ pub struct ArgosConfig {
     pub use_upcoming_version: bool,
     pub document_bands: Bands,
     pub face_bands: Bands,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiditConfig {
+    pub base_url: String,
+    pub api_key: Secret,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub save_api_request: bool,
+    /// Unset: Didit's own default (30).
+    #[serde(default)]
+    pub face_liveness_score_decline_threshold: Option<f64>,
+    pub rotate_image: bool,
+    #[serde(deserialize_with = "lenient_string")]
+    pub vendor_data_metadata_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -300,6 +317,10 @@ impl Config {
             .argos
             .api_key
             .resolve("providers.argos.api_key")?;
+        cfg.providers
+            .didit
+            .api_key
+            .resolve("providers.didit.api_key")?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -433,6 +454,23 @@ impl Config {
                     && (0.0..=100.0).contains(&bands.live_above)
                     && bands.spoof_at_or_below <= bands.live_above,
                 format!("{key}: need 0 <= spoof_at_or_below <= live_above <= 100"),
+            );
+        }
+        let d = &self.providers.didit;
+        check(
+            d.base_url.starts_with("http://") || d.base_url.starts_with("https://"),
+            "providers.didit.base_url must be an http(s) URL".into(),
+        );
+        check(
+            !d.timeout.is_zero(),
+            "providers.didit.timeout must be positive".into(),
+        );
+        if let Some(t) = d.face_liveness_score_decline_threshold {
+            check(
+                (0.0..=100.0).contains(&t),
+                format!(
+                    "providers.didit.face_liveness_score_decline_threshold must be 0-100, got {t}"
+                ),
             );
         }
         if problems.is_empty() {
@@ -570,6 +608,40 @@ mod tests {
         let e =
             Config::from_toml("[providers.argos]\napi_key = \"file:/nonexistent/x\"").unwrap_err();
         assert!(e.to_string().contains("providers.argos.api_key"));
+    }
+
+    #[test]
+    fn didit_settings_load_and_validate() {
+        let c = Config::from_toml("").unwrap();
+        let d = &c.providers.didit;
+        assert_eq!(d.base_url, "https://verification.didit.me");
+        assert!(d.api_key.is_empty());
+        assert!(!d.save_api_request);
+        assert_eq!(d.face_liveness_score_decline_threshold, None);
+        assert_eq!(d.vendor_data_metadata_key, "vendor_data");
+        let c = Config::from_toml(
+            "[providers.didit]\napi_key = \"dk-secret\"\nface_liveness_score_decline_threshold = 45",
+        )
+        .unwrap();
+        assert_eq!(
+            c.providers.didit.face_liveness_score_decline_threshold,
+            Some(45.0)
+        );
+        assert!(!format!("{c:?}").contains("dk-secret"));
+        let e = Config::from_toml(
+            "[providers.didit]\nface_liveness_score_decline_threshold = 101\nbase_url = \"ftp://x\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("providers.didit.face_liveness_score_decline_threshold must be 0-100"),
+            "{e}"
+        );
+        assert!(e.contains("providers.didit.base_url"), "{e}");
+        let e = Config::from_toml("[providers.didit]\nsave_api_requests = true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("save_api_requests"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::pipeline::{self, Carried, Disposition, Pipeline, PipelineConfig};
 use crate::providers::Provider;
 use crate::providers::argos::Argos;
+use crate::providers::didit::Didit;
 use crate::store::S3Store;
 use crate::telemetry::{Metrics, Telemetry};
 use anyhow::Context as _;
@@ -45,11 +46,14 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
     let store = S3Store::new(&cfg.s3).await;
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     if !cfg.providers.argos.api_key.is_empty() {
-        providers.push(Arc::new(Argos::new(http, &cfg.providers.argos)?));
+        providers.push(Arc::new(Argos::new(http.clone(), &cfg.providers.argos)?));
+    }
+    if !cfg.providers.didit.api_key.is_empty() {
+        providers.push(Arc::new(Didit::new(http, &cfg.providers.didit)?));
     }
     if providers.is_empty() {
         anyhow::bail!(
-            "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY)"
+            "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY) or providers.didit.api_key (LIVENESS_PROVIDERS__DIDIT__API_KEY)"
         );
     }
     Ok(Arc::new(Pipeline::new(
