@@ -662,4 +662,230 @@ mod tests {
         assert_eq!(image_type(b"II*\0rest"), Some("image/tiff"));
         assert_eq!(image_type(b"%PDF"), None);
     }
+
+    mod http {
+        use super::*;
+        use crate::emulator::tests::{calls, didit_form, start};
+        use crate::emulator::{Emulator, Faults};
+        use crate::samples;
+        use reqwest::multipart::{Form, Part};
+
+        async fn post(emu: &Emulator, key: Option<&str>, form: Form) -> (u16, Value) {
+            let mut req = reqwest::Client::new()
+                .post(format!("{}{}", emu.base_url(), wire::PATH))
+                .multipart(form);
+            if let Some(k) = key {
+                req = req.header("x-api-key", k);
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json().await.unwrap())
+        }
+
+        fn png(seed: u64, scenario: &str) -> Vec<u8> {
+            samples::png(seed, 2000, Some(scenario))
+        }
+
+        #[tokio::test]
+        async fn keys_are_checked_like_the_vendor() {
+            let emu = start(Faults::default()).await;
+            let img = png(1, r#"{"face":90}"#);
+            let (s, b) = post(&emu, None, didit_form(img.clone())).await;
+            assert_eq!(
+                (s, b["detail"].as_str().unwrap()),
+                (403, "Authentication credentials were not provided.")
+            );
+            let (s, _) = post(&emu, Some("wrong"), didit_form(img.clone())).await;
+            assert_eq!(s, 401);
+            let admin = reqwest::Client::new();
+            let creds = format!("{}/_admin/credentials/didit", emu.base_url());
+            admin
+                .post(&creds)
+                .json(&json!({"valid": false}))
+                .send()
+                .await
+                .unwrap();
+            let (s, b) = post(&emu, Some("k-1"), didit_form(img.clone())).await;
+            assert_eq!(
+                (s, b["detail"].as_str().unwrap()),
+                (401, "Invalid API key.")
+            );
+            admin
+                .post(&creds)
+                .json(&json!({"valid": true}))
+                .send()
+                .await
+                .unwrap();
+            let (s, b) = post(&emu, Some("k-1"), didit_form(img.clone())).await;
+            assert_eq!(s, 200);
+            assert_eq!(b["liveness"]["status"], "Approved");
+            // Every request that carried the image counts, refused ones too.
+            let c = calls(&emu).await;
+            assert_eq!(c["didit"]["submissions"], 4);
+            assert_eq!(c["argos"]["submissions"], 0);
+        }
+
+        #[tokio::test]
+        async fn bad_requests_get_field_errors() {
+            let emu = start(Faults::default()).await;
+            let img = png(2, r#"{"face":90}"#);
+            let key = Some("k-1");
+            let (s, b) = post(&emu, key, Form::new().text("rotate_image", "true")).await;
+            assert_eq!(
+                (s, &b),
+                (400, &json!({"user_image": ["No file was submitted."]}))
+            );
+            // A part without a filename is a plain field, not a file.
+            let part = Part::bytes(img.clone()).mime_str("image/png").unwrap();
+            let (s, b) = post(&emu, key, Form::new().part("user_image", part)).await;
+            assert_eq!(s, 400);
+            assert!(b["user_image"][0].as_str().unwrap().contains("not a file"));
+            // The declared type must be the real one.
+            let part = Part::bytes(img.clone())
+                .file_name("x.jpg")
+                .mime_str("image/jpeg")
+                .unwrap();
+            let (s, b) = post(&emu, key, Form::new().part("user_image", part)).await;
+            assert_eq!(s, 400);
+            assert!(
+                b["user_image"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("does not match"),
+                "{b}"
+            );
+            let part = Part::bytes(b"%PDF-1.7 not an image".to_vec())
+                .file_name("x.png")
+                .mime_str("image/png")
+                .unwrap();
+            let (s, b) = post(&emu, key, Form::new().part("user_image", part)).await;
+            assert_eq!(s, 400);
+            assert!(
+                b["user_image"][0]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Upload a valid image")
+            );
+            for (value, problem) in [
+                ("150", "Ensure this value is less than or equal to 100."),
+                ("-5", "Ensure this value is greater than or equal to 0."),
+                ("high", "A valid number is required."),
+            ] {
+                let form = didit_form(img.clone()).text(wire::FIELD_THRESHOLD, value);
+                let (s, b) = post(&emu, key, form).await;
+                assert_eq!(
+                    (s, &b),
+                    (
+                        400,
+                        &json!({"face_liveness_score_decline_threshold": [problem]})
+                    )
+                );
+            }
+            let form = didit_form(img.clone()).text(wire::FIELD_SAVE, "perhaps");
+            let (s, b) = post(&emu, key, form).await;
+            assert_eq!(
+                (s, &b),
+                (
+                    400,
+                    &json!({"save_api_request": ["Must be a valid boolean."]})
+                )
+            );
+            // JSON instead of multipart.
+            let r = reqwest::Client::new()
+                .post(format!("{}{}", emu.base_url(), wire::PATH))
+                .header("x-api-key", "k-1")
+                .json(&json!({"user_image": "aGVsbG8="}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 415);
+            // An invalid scenario is answered loudly.
+            let (s, b) = post(&emu, key, didit_form(png(3, r#"{"warnings":["NOPE"]}"#))).await;
+            assert_eq!(s, 400);
+            assert!(b["detail"].as_str().unwrap().contains("NOPE"));
+        }
+
+        #[tokio::test]
+        async fn the_size_limit_is_5_000_000_bytes() {
+            let emu = start(Faults::default()).await;
+            let mut at_limit = samples::jpeg(4, 4_990_000, Some(r#"{"face":80}"#));
+            at_limit.resize(5_000_000, 0);
+            let mut over = at_limit.clone();
+            over.push(0);
+            let jpeg = |b: Vec<u8>| {
+                Form::new().part(
+                    "user_image",
+                    Part::bytes(b)
+                        .file_name("f.jpg")
+                        .mime_str("image/jpeg")
+                        .unwrap(),
+                )
+            };
+            let (s, b) = post(&emu, Some("k-1"), jpeg(at_limit)).await;
+            assert_eq!(s, 200, "{b}");
+            let (s, b) = post(&emu, Some("k-1"), jpeg(over)).await;
+            assert_eq!(
+                (s, &b),
+                (
+                    400,
+                    &json!({"user_image": ["The file size exceeds the 5 MB limit."]})
+                )
+            );
+        }
+
+        #[tokio::test]
+        async fn the_report_has_what_the_vendor_sends_and_options_apply() {
+            let emu = start(Faults::default()).await;
+            let img = png(5, r#"{"face":45,"didit_method":"FLASHING"}"#);
+            let form = didit_form(img.clone())
+                .text(wire::FIELD_THRESHOLD, "50")
+                .text(wire::FIELD_VENDOR_DATA, "applicant-9")
+                .text(wire::FIELD_SAVE, "false")
+                .text("unknown_field", "ignored");
+            let (s, b) = post(&emu, Some("k-1"), form).await;
+            assert_eq!(s, 200);
+            let l = &b["liveness"];
+            assert_eq!(
+                l["status"], "Declined",
+                "45 is at or below the threshold sent"
+            );
+            assert_eq!(l["method"], "FLASHING");
+            assert_eq!(l["score"], 45);
+            assert_eq!(l["warnings"][0]["risk"], "LOW_LIVENESS_SCORE");
+            assert!(l["user_image"]["entities"][0]["gender"].is_string());
+            assert!(
+                l["reference_image"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(MEDIA_BASE)
+            );
+            assert_eq!(b["vendor_data"], "applicant-9");
+            assert!(b["request_id"].as_str().unwrap().len() == 36);
+            // A scenario 429 carries the documented headers, then recovers.
+            let img = png(6, r#"{"error":429,"error_times":1,"face":70}"#);
+            let r = reqwest::Client::new()
+                .post(format!("{}{}", emu.base_url(), wire::PATH))
+                .header("x-api-key", "k-1")
+                .multipart(didit_form(img.clone()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 429);
+            assert_eq!(r.headers()["retry-after"], "1");
+            assert_eq!(r.headers()["x-ratelimit-limit"], "300");
+            assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+            assert!(r.headers().contains_key("x-ratelimit-reset"));
+            let (s, _) = post(&emu, Some("k-1"), didit_form(img)).await;
+            assert_eq!(s, 200);
+            for (status, text) in [
+                (403, "credits"),
+                (500, "server error"),
+                (400, "valid image"),
+            ] {
+                let img = png(7 + status as u64, &format!(r#"{{"error":{status}}}"#));
+                let (s, b) = post(&emu, Some("k-1"), didit_form(img)).await;
+                assert_eq!(s, status);
+                assert!(b.to_string().contains(text), "{b}");
+            }
+        }
+    }
 }

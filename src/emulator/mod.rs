@@ -562,3 +562,262 @@ async fn admin_faults_get(State(s): State<Arc<Shared>>) -> Response {
         .collect();
     Json(out).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples;
+    use base64::Engine as _;
+    use reqwest::multipart::{Form, Part};
+    use serde_json::{Value, json};
+
+    pub(crate) async fn start(faults: Faults) -> Emulator {
+        crate::install_crypto_provider();
+        Emulator::start(EmulatorConfig {
+            faults,
+            ..EmulatorConfig::local("k-1")
+        })
+        .await
+        .expect("emulator starts")
+    }
+
+    pub(crate) fn didit_form(image: Vec<u8>) -> Form {
+        let part = Part::bytes(image)
+            .file_name("face.png")
+            .mime_str("image/png")
+            .unwrap();
+        Form::new().part("user_image", part)
+    }
+
+    async fn didit(emu: &Emulator, image: Vec<u8>) -> reqwest::Result<reqwest::Response> {
+        reqwest::Client::new()
+            .post(format!("{}/v3/passive-liveness/", emu.base_url()))
+            .header("x-api-key", "k-1")
+            .multipart(didit_form(image))
+            .send()
+            .await
+    }
+
+    async fn argos(emu: &Emulator, path: &str, image: &[u8]) -> reqwest::Response {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(image);
+        let body = if path == "document" {
+            json!({"idImage": b64, "pipelines": {"sr": true, "pc": true, "ps": true}})
+        } else {
+            json!({"faceImage": b64})
+        };
+        reqwest::Client::new()
+            .post(format!("{}/modules/{path}", emu.base_url()))
+            .header("x-api-key", "k-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn calls(emu: &Emulator) -> Value {
+        reqwest::get(format!("{}/_admin/calls", emu.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn put_faults(emu: &Emulator, body: Value) -> u16 {
+        reqwest::Client::new()
+            .put(format!("{}/_admin/faults", emu.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn header(r: &reqwest::Response, name: &str) -> u64 {
+        r.headers()[name].to_str().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_sliding_window_admits_up_to_the_limit() {
+        let w = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut q = VecDeque::new();
+        assert_eq!(admit(&mut q, t0, 2, w), Ok(()));
+        assert_eq!(admit(&mut q, t0 + Duration::from_secs(10), 2, w), Ok(()));
+        // Full: the oldest admission leaves the window 60 s after it came.
+        assert_eq!(
+            admit(&mut q, t0 + Duration::from_secs(15), 2, w),
+            Err(Duration::from_secs(45))
+        );
+        assert_eq!(admit(&mut q, t0 + Duration::from_secs(60), 2, w), Ok(()));
+        assert_eq!(
+            admit(&mut q, t0 + Duration::from_secs(61), 2, w),
+            Err(Duration::from_secs(9))
+        );
+        assert_eq!(q.len(), 2, "refused requests do not fill the window");
+    }
+
+    #[tokio::test]
+    async fn rate_limit_answers_429_in_each_vendors_form() {
+        let emu = start(Faults {
+            rate_limit_per_minute: 2,
+            ..Faults::default()
+        })
+        .await;
+        let img = samples::png(1, 2000, Some(r#"{"face":90,"screen_replay":90}"#));
+        assert_eq!(argos(&emu, "document", &img).await.status(), 200);
+        assert_eq!(argos(&emu, "liveness", &img).await.status(), 200);
+        let before = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let r = argos(&emu, "document", &img).await;
+        assert_eq!(r.status(), 429);
+        let retry = header(&r, "retry-after");
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert_eq!(header(&r, "x-ratelimit-limit"), 2);
+        assert_eq!(header(&r, "x-ratelimit-remaining"), 0);
+        let reset = header(&r, "x-ratelimit-reset");
+        assert!(
+            reset >= before + retry && reset <= before + retry + 2,
+            "{reset}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["statusCode"], 429);
+        let r = argos(&emu, "liveness", &img).await;
+        assert_eq!(r.status(), 429);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["message"], "Too many requests");
+        assert!(body.get("error").is_none(), "face errors are flat");
+
+        // Didit has its own window.
+        for _ in 0..2 {
+            assert_eq!(didit(&emu, img.clone()).await.unwrap().status(), 200);
+        }
+        let r = didit(&emu, img.clone()).await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "x-ratelimit-limit"), 2);
+        assert!(header(&r, "retry-after") >= 1);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("Request was throttled")
+        );
+
+        let c = calls(&emu).await;
+        // A 429 for a request carrying the image is still a submission.
+        assert_eq!(c["argos"]["submissions"], 4);
+        assert_eq!(c["argos"]["rate_limited"], 2);
+        assert_eq!(c["didit"]["submissions"], 3);
+        assert_eq!(c["didit"]["rate_limited"], 1);
+
+        // Lifting the limit at run time.
+        assert_eq!(
+            put_faults(&emu, json!({"rate_limit_per_minute": 0})).await,
+            204
+        );
+        assert_eq!(argos(&emu, "document", &img).await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn dropped_connections_and_timeouts_answer_nothing() {
+        let emu = start(Faults::default()).await;
+        let img = samples::png(2, 2000, Some(r#"{"face":90}"#));
+        assert_eq!(
+            put_faults(&emu, json!({"vendor": "didit", "drop_rate": 1.0})).await,
+            204
+        );
+        let e = didit(&emu, img.clone()).await.unwrap_err();
+        assert!(!e.is_timeout(), "{e}");
+        assert!(e.status().is_none(), "no status line was written: {e}");
+        // The other vendor is untouched.
+        assert_eq!(argos(&emu, "liveness", &img).await.status(), 200);
+
+        assert_eq!(
+            put_faults(
+                &emu,
+                json!({"vendor": "didit", "drop_rate": 0.0, "timeout_rate": 1.0})
+            )
+            .await,
+            204
+        );
+        let e = reqwest::Client::new()
+            .post(format!("{}/v3/passive-liveness/", emu.base_url()))
+            .header("x-api-key", "k-1")
+            .timeout(Duration::from_millis(300))
+            .multipart(didit_form(img.clone()))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+
+        assert_eq!(
+            put_faults(
+                &emu,
+                json!({"vendor": "didit", "timeout_rate": 0.0, "error_rate": 1.0})
+            )
+            .await,
+            204
+        );
+        let r = didit(&emu, img.clone()).await.unwrap();
+        assert_eq!(r.status(), 500);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["detail"],
+            "A server error occurred."
+        );
+
+        let c = calls(&emu).await;
+        assert_eq!(c["didit"]["submissions"], 3, "every attempt counts");
+        assert_eq!(c["didit"]["dropped"], 1);
+        assert_eq!(c["didit"]["timed_out"], 1);
+        assert_eq!(c["didit"]["server_errors"], 1);
+        assert_eq!(c["argos"]["dropped"], 0);
+    }
+
+    #[tokio::test]
+    async fn faults_are_validated_and_readable() {
+        let emu = start(Faults::default()).await;
+        for bad in [
+            json!({"error_rate": 1.5}),
+            json!({"drop_rate": -0.1}),
+            json!({"timeout_rate": 2}),
+            json!({"rate_limit_window_ms": 0}),
+        ] {
+            assert_eq!(put_faults(&emu, bad.clone()).await, 400, "{bad}");
+        }
+        assert!(put_faults(&emu, json!({"latency": 5})).await >= 400);
+        assert!(put_faults(&emu, json!({"vendor": "nobody"})).await >= 400);
+        assert_eq!(
+            put_faults(
+                &emu,
+                json!({"vendor": "argos", "latency_ms": 5, "rate_limit_per_minute": 300})
+            )
+            .await,
+            204
+        );
+        let f: Value = reqwest::get(format!("{}/_admin/faults", emu.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(f["argos"]["latency_ms"], 5);
+        assert_eq!(f["argos"]["rate_limit_per_minute"], 300);
+        assert_eq!(f["argos"]["rate_limit_window_ms"], 60_000);
+        assert_eq!(f["didit"]["latency_ms"], 0);
+        let e = Emulator::start(EmulatorConfig {
+            faults: Faults {
+                error_rate: 3.0,
+                ..Faults::default()
+            },
+            ..EmulatorConfig::local("k")
+        })
+        .await
+        .err()
+        .expect("invalid faults are refused at start");
+        assert!(e.to_string().contains("error_rate"), "{e}");
+    }
+}

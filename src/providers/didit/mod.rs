@@ -188,4 +188,156 @@ mod tests {
         assert_eq!(file_name("image/webp"), "user_image.webp");
         assert_eq!(file_name("image/jpeg"), "user_image.jpg");
     }
+
+    use crate::config::{Config, Secret};
+    use crate::domain::Verdict;
+    use crate::emulator::{Emulator, EmulatorConfig};
+    use crate::providers::ErrorKind;
+    use futures_util::StreamExt as _;
+
+    fn image(bytes: Vec<u8>) -> Image {
+        Image {
+            uri: "s3://b/applicants/42/selfie.png".into(),
+            content_type: crate::image::sniff_content_type(&bytes).unwrap(),
+            sha256: crate::image::sha256_hex(&bytes),
+            bytes: bytes.into(),
+        }
+    }
+
+    fn adapter(base_url: &str, key: &str, extra: &str) -> Didit {
+        crate::install_crypto_provider();
+        let mut cfg = Config::from_toml(extra).unwrap().providers.didit;
+        cfg.base_url = base_url.to_owned();
+        cfg.api_key = Secret::new(key);
+        Didit::new(reqwest::Client::new(), &cfg).unwrap()
+    }
+
+    async fn verify(
+        d: &Didit,
+        img: &Image,
+        metadata: Option<&RawValue>,
+    ) -> Result<Assessment, VendorError> {
+        d.verify(&VendorRequest {
+            job_id: "j",
+            check: Check::Face,
+            signals: &[crate::domain::SignalName::FaceLiveness],
+            image: img,
+            back_image: None,
+            metadata,
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_form_carries_the_image_with_its_type_and_the_options() {
+        let d = adapter(
+            "http://127.0.0.1:9",
+            "k",
+            "[providers.didit]\nface_liveness_score_decline_threshold = 42.5\nrotate_image = true",
+        );
+        let img = image(crate::samples::png(1, 1000, None));
+        let meta = raw(r#"{"vendor_data":"applicant-7"}"#);
+        let mut stream = Box::pin(d.form(&img, Some(&meta)).into_stream());
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.unwrap());
+        }
+        let text = String::from_utf8_lossy(&body);
+        let head = "Content-Disposition: form-data; name=\"user_image\"; filename=\"user_image.png\"\r\nContent-Type: image/png\r\n\r\n";
+        let at = text.find(head).expect("image part header");
+        let start = at + head.len();
+        assert_eq!(
+            &body[start..start + img.bytes.len()],
+            &img.bytes[..],
+            "the image, unchanged"
+        );
+        for field in [
+            "name=\"save_api_request\"\r\n\r\nfalse\r\n",
+            "name=\"face_liveness_score_decline_threshold\"\r\n\r\n42.5\r\n",
+            "name=\"rotate_image\"\r\n\r\ntrue\r\n",
+            "name=\"vendor_data\"\r\n\r\napplicant-7\r\n",
+        ] {
+            assert!(text.contains(field), "{field:?} missing");
+        }
+        assert!(!text.contains("applicants/42"), "the S3 key is not sent");
+        // Defaults: no threshold, no rotation, no vendor_data without metadata.
+        let d = adapter("http://127.0.0.1:9", "k", "");
+        let mut stream = Box::pin(d.form(&img, None).into_stream());
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            body.extend_from_slice(&chunk.unwrap());
+        }
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("name=\"save_api_request\"\r\n\r\nfalse"));
+        for absent in [
+            "face_liveness_score_decline_threshold",
+            "rotate_image",
+            "vendor_data",
+        ] {
+            assert!(!text.contains(absent), "{absent} sent");
+        }
+    }
+
+    #[tokio::test]
+    async fn against_the_emulator() {
+        let emu = Emulator::start(EmulatorConfig::local("dk-1"))
+            .await
+            .unwrap();
+        let d = adapter(&emu.base_url(), "dk-1", "");
+        let png = |seed, s: &str| image(crate::samples::png(seed, 2000, Some(s)));
+
+        let a = verify(&d, &png(1, r#"{"face":95}"#), None).await.unwrap();
+        assert_eq!(a.verdict(), Verdict::Live);
+        assert_eq!(a.score(), Some(0.95));
+        assert!(a.vendor.request_id.is_some());
+
+        // The configured threshold is sent and applied by the vendor.
+        let strict = adapter(
+            &emu.base_url(),
+            "dk-1",
+            "[providers.didit]\nface_liveness_score_decline_threshold = 50",
+        );
+        let a = verify(&strict, &png(2, r#"{"face":45}"#), None)
+            .await
+            .unwrap();
+        assert_eq!(a.verdict(), Verdict::Spoof);
+        assert_eq!(
+            a.reasons[0],
+            "face_liveness scored 45/100, at or below the decline threshold 50 (didit PASSIVE liveness, status Declined)"
+        );
+        assert_eq!(a.signals[0].threshold, Some(50.into()));
+        let a = verify(&d, &png(2, r#"{"face":45}"#), None).await.unwrap();
+        assert_eq!(a.verdict(), Verdict::Live, "45 is above didit's default 30");
+
+        let e = verify(&d, &png(3, r#"{"error":400}"#), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert!(e.message.contains("Upload a valid image"), "{}", e.message);
+        let e = verify(&d, &png(4, r#"{"error":429}"#), None)
+            .await
+            .unwrap_err();
+        assert_eq!((e.kind, e.http_status), (ErrorKind::Transient, Some(429)));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
+        let e = verify(&d, &png(5, r#"{"error":503}"#), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.is_outage());
+        let e = verify(&d, &png(6, r#"{"error":403}"#), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Credentials);
+        assert!(e.message.contains("out of credit"), "{}", e.message);
+
+        let wrong = adapter(&emu.base_url(), "not-the-key", "");
+        let e = verify(&wrong, &png(7, r#"{"face":90}"#), None)
+            .await
+            .unwrap_err();
+        assert_eq!((e.kind, e.http_status), (ErrorKind::Credentials, Some(401)));
+
+        // A JPEG travels with its own type too (the emulator checks it).
+        let jpeg = image(crate::samples::jpeg(8, 3000, Some(r#"{"face":77}"#)));
+        assert_eq!(verify(&d, &jpeg, None).await.unwrap().score(), Some(0.77));
+    }
 }
