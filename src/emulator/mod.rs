@@ -14,6 +14,10 @@ mod argos;
 mod didit;
 pub mod scenario;
 
+/// Where the emulated Didit's temporary media URLs point (a reserved,
+/// unresolvable name), so tests can search for them.
+pub use didit::MEDIA_BASE as DIDIT_MEDIA_BASE;
+
 use crate::domain::ProviderName;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

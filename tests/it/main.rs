@@ -4,6 +4,7 @@
 
 mod dead_letters;
 mod delivery;
+mod didit;
 mod harness;
 mod results;
 mod telemetry;
