@@ -458,6 +458,10 @@ impl Config {
         }
         let d = &self.providers.didit;
         check(
+            self.providers.default_document != ProviderName::Didit,
+            "providers.default_document cannot be didit: Didit does face checks only".into(),
+        );
+        check(
             d.base_url.starts_with("http://") || d.base_url.starts_with("https://"),
             "providers.didit.base_url must be an http(s) URL".into(),
         );
@@ -638,6 +642,13 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("providers.didit.base_url"), "{e}");
+        let e = Config::from_toml("[providers]\ndefault_document = \"didit\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("providers.default_document cannot be didit"),
+            "{e}"
+        );
         let e = Config::from_toml("[providers.didit]\nsave_api_requests = true")
             .unwrap_err()
             .to_string();

@@ -72,8 +72,8 @@ pub fn report(r: &Report, threshold: Option<f64>) -> Result<Assessment, VendorEr
         .filter(|w| w.log_type != LogType::Information)
         .collect();
     let by_score = spoof_by.iter().any(|w| w.risk == LOW_LIVENESS_SCORE);
-    let score_reason = score.map(|_| {
-        let n = l.score.as_ref().expect("score present");
+    // `l.score` is present exactly when `score` is (checked above).
+    let score_reason = l.score.as_ref().map(|n| {
         let below = if by_score {
             let t = match threshold {
                 Some(t) => format_number(t),
