@@ -339,5 +339,32 @@ mod tests {
         // A JPEG travels with its own type too (the emulator checks it).
         let jpeg = image(crate::samples::jpeg(8, 3000, Some(r#"{"face":77}"#)));
         assert_eq!(verify(&d, &jpeg, None).await.unwrap().score(), Some(0.77));
+
+        // Injected faults: a dropped connection and a held request are
+        // transient outages.
+        let faults = |body: serde_json::Value| {
+            let url = format!("{}/_admin/faults", emu.base_url());
+            async move {
+                let r = reqwest::Client::new().put(url).json(&body).send().await;
+                assert_eq!(r.unwrap().status(), 204);
+            }
+        };
+        faults(serde_json::json!({"vendor": "didit", "drop_rate": 1.0})).await;
+        let e = verify(&d, &png(9, r#"{"face":90}"#), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.is_outage(), "{e}");
+        faults(serde_json::json!({"vendor": "didit", "drop_rate": 0.0, "timeout_rate": 1.0})).await;
+        let impatient = adapter(
+            &emu.base_url(),
+            "dk-1",
+            "[providers.didit]\ntimeout = \"300ms\"",
+        );
+        let e = verify(&impatient, &png(10, r#"{"face":90}"#), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.message.contains("timed out"), "{}", e.message);
     }
 }
