@@ -23,7 +23,9 @@ config="$PWD/scripts/conformance/schemathesis.toml"
 cargo build --locked --quiet --bin liveness-worker
 work="$(mktemp -d)"
 key="conformance-$RANDOM$RANDOM"
-LIVENESS_TELEMETRY__LOG_FORMAT=json "$CARGO_TARGET_DIR/debug/liveness-worker" emulator \
+# Its address is read from its first log line, whatever the caller's log settings.
+env -u RUST_LOG LIVENESS_TELEMETRY__LOG_FORMAT=json LIVENESS_TELEMETRY__LOG_LEVEL=info \
+  "$CARGO_TARGET_DIR/debug/liveness-worker" emulator \
   --listen 127.0.0.1:0 --argos-api-key "$key" 2>"$work/emulator.log" &
 emulator=$!
 trap 'kill "$emulator" 2>/dev/null || true; wait "$emulator" 2>/dev/null || true; rm -rf "$work"' EXIT
