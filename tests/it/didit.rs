@@ -162,7 +162,7 @@ async fn every_verdict_with_exact_scores_and_reasons() {
     assert_eq!(
         v["reasons"],
         json!([
-            "face_liveness scored 12.5/100, at or below the decline threshold 30 (didit's default) (didit PASSIVE liveness, status Declined)",
+            "face_liveness scored 12.5/100, at or below didit's default decline threshold 30 (didit PASSIVE liveness, status Declined)",
             "didit reported LOW_LIVENESS_SCORE (error): Low liveness score"
         ])
     );

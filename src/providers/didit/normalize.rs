@@ -74,17 +74,13 @@ pub fn report(r: &Report, threshold: Option<f64>) -> Result<Assessment, VendorEr
     let by_score = spoof_by.iter().any(|w| w.risk == LOW_LIVENESS_SCORE);
     // `l.score` is present exactly when `score` is (checked above).
     let score_reason = l.score.as_ref().map(|n| {
-        let below = if by_score {
-            let t = match threshold {
-                Some(t) => format_number(t),
-                None => format!(
-                    "{} (didit's default)",
-                    format_number(DEFAULT_DECLINE_THRESHOLD)
-                ),
-            };
-            format!(", at or below the decline threshold {t}")
-        } else {
-            String::new()
+        let below = match (by_score, threshold) {
+            (false, _) => String::new(),
+            (true, Some(t)) => format!(", at or below the decline threshold {}", format_number(t)),
+            (true, None) => format!(
+                ", at or below didit's default decline threshold {}",
+                format_number(DEFAULT_DECLINE_THRESHOLD)
+            ),
         };
         let method = l.method.as_ref().map_or("didit liveness".to_owned(), |m| {
             format!("didit {m} liveness")
@@ -332,7 +328,7 @@ mod tests {
         assert_eq!(
             a.reasons,
             vec![
-                "face_liveness scored 12.5/100, at or below the decline threshold 30 (didit's default) (didit PASSIVE liveness, status Declined)",
+                "face_liveness scored 12.5/100, at or below didit's default decline threshold 30 (didit PASSIVE liveness, status Declined)",
                 "didit reported LOW_LIVENESS_SCORE (error): short LOW_LIVENESS_SCORE",
             ]
         );
