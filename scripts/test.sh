@@ -16,6 +16,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== deployment files (offline validation)"
 scripts/validate-deploy.sh
+echo "== OpenAPI conformance of the emulator (schemathesis)"
+scripts/conformance.sh
 echo "== cargo test"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

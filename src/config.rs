@@ -222,6 +222,7 @@ pub struct ProvidersConfig {
     pub pool_max_idle_per_host: usize,
     pub argos: ArgosConfig,
     pub intellicheck: IntellicheckConfig,
+    pub didit: DiditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +253,22 @@ pub struct IntellicheckConfig {
     #[serde(with = "humantime_serde")]
     pub results_timeout: Duration,
     pub response_signatures: ResponseSignatures,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiditConfig {
+    pub base_url: String,
+    pub api_key: Secret,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub save_api_request: bool,
+    /// Unset: Didit's own default (30).
+    #[serde(default)]
+    pub face_liveness_score_decline_threshold: Option<f64>,
+    pub rotate_image: bool,
+    #[serde(deserialize_with = "lenient_string")]
+    pub vendor_data_metadata_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -349,6 +366,10 @@ impl Config {
             .intellicheck
             .signing_key
             .resolve("providers.intellicheck.signing_key")?;
+        cfg.providers
+            .didit
+            .api_key
+            .resolve("providers.didit.api_key")?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -527,6 +548,27 @@ impl Config {
                 "providers.intellicheck.timeout and results_timeout must be positive".into(),
             );
         }
+        let d = &self.providers.didit;
+        check(
+            self.providers.default_document != ProviderName::Didit,
+            "providers.default_document cannot be didit: Didit does face checks only".into(),
+        );
+        check(
+            d.base_url.starts_with("http://") || d.base_url.starts_with("https://"),
+            "providers.didit.base_url must be an http(s) URL".into(),
+        );
+        check(
+            !d.timeout.is_zero(),
+            "providers.didit.timeout must be positive".into(),
+        );
+        if let Some(t) = d.face_liveness_score_decline_threshold {
+            check(
+                (0.0..=100.0).contains(&t),
+                format!(
+                    "providers.didit.face_liveness_score_decline_threshold must be 0-100, got {t}"
+                ),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -700,6 +742,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("response_signatures"), "{e}");
+    }
+
+    #[test]
+    fn didit_settings_load_and_validate() {
+        let c = Config::from_toml("").unwrap();
+        let d = &c.providers.didit;
+        assert_eq!(d.base_url, "https://verification.didit.me");
+        assert!(d.api_key.is_empty());
+        assert!(!d.save_api_request);
+        assert_eq!(d.face_liveness_score_decline_threshold, None);
+        assert_eq!(d.vendor_data_metadata_key, "vendor_data");
+        let c = Config::from_toml(
+            "[providers.didit]\napi_key = \"dk-secret\"\nface_liveness_score_decline_threshold = 45",
+        )
+        .unwrap();
+        assert_eq!(
+            c.providers.didit.face_liveness_score_decline_threshold,
+            Some(45.0)
+        );
+        assert!(!format!("{c:?}").contains("dk-secret"));
+        let e = Config::from_toml(
+            "[providers.didit]\nface_liveness_score_decline_threshold = 101\nbase_url = \"ftp://x\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("providers.didit.face_liveness_score_decline_threshold must be 0-100"),
+            "{e}"
+        );
+        assert!(e.contains("providers.didit.base_url"), "{e}");
+        let e = Config::from_toml("[providers]\ndefault_document = \"didit\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("providers.default_document cannot be didit"),
+            "{e}"
+        );
+        let e = Config::from_toml("[providers.didit]\nsave_api_requests = true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("save_api_requests"), "{e}");
     }
 
     #[test]

@@ -123,11 +123,9 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
     let run_id = format!("{:08x}", fastrand::u32(..));
     let api_key = format!("demo-{}", fastrand::u64(..));
     let emulator = Emulator::start(EmulatorConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        argos_api_key: api_key.clone(),
         faults: Faults {
             latency_ms: args.latency_ms,
-            error_rate: 0.0,
+            ..Faults::default()
         },
         ..EmulatorConfig::local(&api_key)
     })

@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run the worker until SIGTERM or SIGINT, then drain and exit 0.
     Run,
-    /// Serve the vendor emulator (Argos ID and Face Liveness, Intellicheck) with its admin API.
+    /// Serve the vendor emulator (Argos ID and Face Liveness, Intellicheck, Didit) with its admin API.
     Emulator {
         #[arg(
             long,
@@ -55,12 +55,11 @@ enum Command {
         /// How long Intellicheck's /get-results answers "not ready" after /end, in milliseconds.
         #[arg(long, default_value_t = 200)]
         intellicheck_processing_ms: u64,
-        /// Latency added to every vendor answer, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        /// Share of vendor requests answered with HTTP 500 (0-1).
-        #[arg(long, default_value_t = 0.0)]
-        error_rate: f64,
+        /// The x-api-key the emulated Didit accepts (default: the Argos key).
+        #[arg(long, env = "LIVENESS_EMULATOR_DIDIT_API_KEY", hide_env_values = true)]
+        didit_api_key: Option<String>,
+        #[command(flatten)]
+        faults: FaultArgs,
     },
     /// Everything at once on local services: emulator, worker, a few hundred sample jobs, a summary.
     Demo(demo::DemoArgs),
@@ -77,6 +76,30 @@ enum Command {
         /// e.g. http://127.0.0.1:9090/readyz
         url: String,
     },
+}
+
+/// Faults injected into every vendor from the start; `PUT /_admin/faults`
+/// changes them at run time.
+#[derive(clap::Args)]
+struct FaultArgs {
+    /// Latency added to every vendor answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of vendor requests answered with HTTP 500 (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Share of vendor requests held far longer than any client timeout, then closed unanswered (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    timeout_rate: f64,
+    /// Share of vendor requests whose connection is closed without an answer (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+    /// Requests each vendor admits per window before answering 429 (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rate_limit_per_minute: u32,
+    /// Length of the rate-limit sliding window, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    rate_limit_window_ms: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,28 +146,35 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             intellicheck_customer_id,
             intellicheck_signing_key,
             intellicheck_processing_ms,
-            latency_ms,
-            error_rate,
+            didit_api_key,
+            faults: f,
         } => {
             let cfg =
                 Config::load(&sources).unwrap_or_else(|_| Config::from_toml("").expect("defaults"));
             telemetry::init(&cfg.telemetry);
+            let faults = Faults {
+                latency_ms: f.latency_ms,
+                error_rate: f.error_rate,
+                timeout_rate: f.timeout_rate,
+                drop_rate: f.drop_rate,
+                rate_limit_per_minute: f.rate_limit_per_minute,
+                rate_limit_window_ms: f.rate_limit_window_ms,
+            };
+            faults.validate().map_err(anyhow::Error::msg)?;
             let signing_key = intellicheck_signing_key.unwrap_or_else(|| argos_api_key.clone());
             let emu = Emulator::start(EmulatorConfig {
                 listen,
-                faults: Faults {
-                    latency_ms,
-                    error_rate,
-                },
+                faults,
                 intellicheck_processing: std::time::Duration::from_millis(
                     intellicheck_processing_ms,
                 ),
+                didit_api_key: didit_api_key.unwrap_or_else(|| argos_api_key.clone()),
                 ..EmulatorConfig::local(&argos_api_key)
                     .with_intellicheck(&intellicheck_customer_id, &signing_key)
             })
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-            tracing::info!(url = %emu.base_url(), "Emulator listening; Argos base URL is <url>/modules, Intellicheck's is <url>");
+            tracing::info!(url = %emu.base_url(), "Emulator listening; Argos base URL is <url>/modules, Intellicheck's and Didit's are <url>");
             tokio::select! {
                 r = emu.wait() => r,
                 _ = wait_for_signal() => Ok(()),

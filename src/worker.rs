@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::pipeline::{self, Carried, Disposition, Pipeline, PipelineConfig};
 use crate::providers::Provider;
 use crate::providers::argos::Argos;
+use crate::providers::didit::Didit;
 use crate::providers::intellicheck::Intellicheck;
 use crate::store::S3Store;
 use crate::telemetry::{Metrics, Telemetry};
@@ -50,13 +51,16 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
     }
     if !cfg.providers.intellicheck.signing_key.is_empty() {
         providers.push(Arc::new(Intellicheck::new(
-            http,
+            http.clone(),
             &cfg.providers.intellicheck,
         )?));
     }
+    if !cfg.providers.didit.api_key.is_empty() {
+        providers.push(Arc::new(Didit::new(http, &cfg.providers.didit)?));
+    }
     if providers.is_empty() {
         anyhow::bail!(
-            "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY) or providers.intellicheck.signing_key"
+            "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY), providers.intellicheck.signing_key or providers.didit.api_key"
         );
     }
     let outcomes = (!cfg.results.bucket.is_empty())

@@ -1,8 +1,8 @@
 //! Argos ID Liveness (`POST /modules/document`) and Face Liveness
 //! (`POST /modules/liveness`), as their OpenAPI documents describe them.
 
-use super::Shared;
 use super::scenario::{self, Scenario, hash_score};
+use super::{Gate, Shared};
 use crate::domain::ProviderName;
 use crate::providers::argos::wire::{
     API_TYPE_DOCUMENT, DocumentResponse, DocumentScores, ErrorFields, PipelineScore, error_message,
@@ -91,6 +91,38 @@ fn scenario_error(s: &Scenario, earlier: u64) -> Option<u32> {
     applies.then_some(code as u32)
 }
 
+/// The injected faults (DESIGN §6), applied before the key check like a
+/// vendor's edge would: None to go on, or the answer to give. A 429 comes
+/// in the endpoint's own error shape (`nested` under `error` for ID
+/// Liveness, flat for Face Liveness), without an error code: Argos
+/// documents none for it.
+async fn faults(
+    shared: &Shared,
+    submitted: Option<&Submitted>,
+    nested: bool,
+    txn: &str,
+) -> Option<Response> {
+    let latency = submitted
+        .and_then(|s| s.scenario.as_ref())
+        .and_then(|s| s.as_ref().ok())
+        .and_then(|s| s.latency_ms);
+    match shared.gate(ProviderName::Argos, latency).await {
+        Gate::Proceed => None,
+        Gate::ServerError => {
+            Some((StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response())
+        }
+        Gate::RateLimited(r) => {
+            let body = if nested {
+                json!({"error": {"statusCode": 429, "apiType": API_TYPE_DOCUMENT,
+                    "transactionId": txn, "message": "Too many requests"}})
+            } else {
+                json!({"transactionId": txn, "message": "Too many requests"})
+            };
+            Some(r.response(body))
+        }
+    }
+}
+
 fn score_number(v: f64) -> Number {
     if v.fract() == 0.0 {
         Number::from(v as i64)
@@ -109,6 +141,9 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     let submitted = image
         .filter(|s| !s.is_empty())
         .and_then(|s| submit(&shared, s));
+    if let Some(answer) = faults(&shared, submitted.as_ref(), true, &txn).await {
+        return answer;
+    }
 
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     if !shared.key_ok(ProviderName::Argos, key) {
@@ -147,12 +182,6 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         Some(Ok(s)) => s,
         None => Scenario::default(),
     };
-    if shared
-        .delay_and_roll(ProviderName::Argos, scenario.latency_ms)
-        .await
-    {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response();
-    }
     if let Some(code) = scenario_error(&scenario, sub.earlier) {
         return document_error(StatusCode::BAD_REQUEST, code, None, &txn);
     }
@@ -191,6 +220,9 @@ async fn face(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let submitted = image
         .filter(|s| !s.is_empty())
         .and_then(|s| submit(&shared, s));
+    if let Some(answer) = faults(&shared, submitted.as_ref(), false, &txn).await {
+        return answer;
+    }
 
     let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     if !shared.key_ok(ProviderName::Argos, key) {
@@ -209,12 +241,6 @@ async fn face(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Some(Ok(s)) => s,
         None => Scenario::default(),
     };
-    if shared
-        .delay_and_roll(ProviderName::Argos, scenario.latency_ms)
-        .await
-    {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "injected fault").into_response();
-    }
     if let Some(code) = scenario_error(&scenario, sub.earlier) {
         return face_error(StatusCode::BAD_REQUEST, code, None, &txn);
     }

@@ -21,9 +21,18 @@ pub struct Scenario {
     pub error_times: Option<u32>,
     #[serde(default)]
     pub not_performed: Vec<String>,
+    /// Didit risk codes, each `CODE` (its documented severity) or
+    /// `CODE:log_type` (information, warning or error).
     #[serde(default)]
     pub warnings: Vec<String>,
     pub latency_ms: Option<u64>,
+    /// Didit's workflow report shape: a status (`Approved`, `Declined`,
+    /// `In Review`, `Not Finished`) and a method (`ACTIVE_3D`, `FLASHING`,
+    /// `PASSIVE`) instead of the standalone ones; either key also adds the
+    /// workflow-only fields (`reference_image`, `video_url`,
+    /// `age_estimation`, `matches`).
+    pub didit_status: Option<String>,
+    pub didit_method: Option<String>,
 }
 
 /// The image's scenario: None when it carries none, Some(Err) when it
@@ -83,6 +92,15 @@ fn jpeg_comment(bytes: &[u8]) -> Option<&[u8]> {
         pos += 2 + len;
     }
     None
+}
+
+/// A score as the vendors write it: `95`, not `95.0`, when it is whole.
+pub fn vendor_number(v: f64) -> serde_json::Number {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        serde_json::Number::from(v as i64)
+    } else {
+        serde_json::Number::from_f64(v).expect("finite score")
+    }
 }
 
 /// A deterministic common-scale score (0–100, two decimals) derived from

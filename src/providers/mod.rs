@@ -3,6 +3,7 @@
 //! normalization; only its [`Provider`] implementation leaves the folder.
 
 pub mod argos;
+pub mod didit;
 pub mod intellicheck;
 
 use crate::domain::assessment::Assessment;
@@ -146,10 +147,91 @@ pub trait Provider: Send + Sync + 'static {
     async fn verify(&self, req: &VendorRequest<'_>) -> Result<Assessment, VendorError>;
 }
 
-/// Parses a `Retry-After` header given in seconds (the HTTP-date form is
-/// rare from APIs and is ignored rather than guessed at).
+/// How long the vendor asked us to wait: `Retry-After` in seconds (the
+/// HTTP-date form is rare from APIs and is ignored rather than guessed at),
+/// else `X-RateLimit-Reset` (Didit: the epoch second the window frees up).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+fn retry_after_at(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let number = |name: &str| -> Option<f64> {
+        let v: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (v.is_finite() && v >= 0.0).then_some(v)
+    };
+    let secs = number("retry-after").or_else(|| {
+        let reset = number("x-ratelimit-reset")?;
+        // Some APIs send the seconds left instead of an epoch time; no
+        // epoch value is that small (1e9 is September 2001).
+        if reset < 1e9 {
+            return Some(reset);
+        }
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64();
+        Some((reset - now).max(0.0))
+    })?;
+    Some(Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+    use std::time::UNIX_EPOCH;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_then_rate_limit_reset() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |p: &[(&'static str, &str)]| retry_after_at(&headers(p), now);
+        assert_eq!(at(&[("retry-after", "7")]), Some(Duration::from_secs(7)));
+        assert_eq!(
+            at(&[("retry-after", "1.5")]),
+            Some(Duration::from_millis(1500))
+        );
+        // Retry-After wins over the reset time.
+        assert_eq!(
+            at(&[("retry-after", "2"), ("x-ratelimit-reset", "1800000050")]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            at(&[("x-ratelimit-reset", "1800000012")]),
+            Some(Duration::from_secs(12))
+        );
+        // A reset already past means "now".
+        assert_eq!(
+            at(&[("x-ratelimit-reset", "1799999990")]),
+            Some(Duration::ZERO)
+        );
+        // Seconds-left form.
+        assert_eq!(
+            at(&[("x-ratelimit-reset", "30")]),
+            Some(Duration::from_secs(30))
+        );
+        // An HTTP date, garbage or nothing: no hint.
+        assert_eq!(
+            at(&[("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT")]),
+            None
+        );
+        assert_eq!(at(&[("retry-after", "-3")]), None);
+        assert_eq!(at(&[("x-ratelimit-reset", "soon")]), None);
+        assert_eq!(at(&[]), None);
+        // Capped at a day.
+        assert_eq!(
+            at(&[("retry-after", "1e12")]),
+            Some(Duration::from_secs(86_400))
+        );
+    }
 }

@@ -18,7 +18,8 @@ fn failure(v: &Value) -> (&str, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_become_the_right_dead_letters() {
-    let t = TestEnv::start("bad", "").await;
+    // Didit left unconfigured: a job naming it is invalid_job.
+    let t = TestEnv::start("bad", "[providers.didit]\napi_key = \"\"").await;
     let image = t
         .upload(
             "ok.png",

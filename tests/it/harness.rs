@@ -30,7 +30,8 @@ pub fn images_bucket() -> String {
     env("LIVENESS_TEST_IMAGES_BUCKET")
 }
 
-/// A TOML snippet with the real services' settings and a unique prefix.
+/// A TOML snippet with the real services' settings and a unique prefix;
+/// every emulated vendor at `argos_url` (the emulator) with one key.
 pub fn base_toml(prefix: &str, argos_url: &str, argos_key: &str) -> String {
     format!(
         r#"
@@ -73,6 +74,10 @@ timeout = "10s"
 poll_initial_interval = "50ms"
 poll_max_interval = "200ms"
 results_timeout = "10s"
+[providers.didit]
+base_url = "{argos_url}"
+api_key = "{argos_key}"
+timeout = "10s"
 [telemetry]
 log_format = "text"
 log_level = "warn"
@@ -376,6 +381,13 @@ impl TestEnv {
 
     pub async fn submissions_for(&self, sha256: &str) -> u64 {
         self.calls().await["argos"]["by_image"][sha256]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Submissions of one image to one vendor.
+    pub async fn vendor_submissions_for(&self, vendor: &str, sha256: &str) -> u64 {
+        self.calls().await[vendor]["by_image"][sha256]
             .as_u64()
             .unwrap_or(0)
     }

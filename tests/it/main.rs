@@ -5,6 +5,7 @@
 mod chaos;
 mod dead_letters;
 mod delivery;
+mod didit;
 mod harness;
 mod intellicheck;
 mod pay_once;
