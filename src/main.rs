@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 use liveness_worker::config::{Config, Sources};
 use liveness_worker::emulator::{Emulator, EmulatorConfig, Faults};
 use liveness_worker::telemetry::Telemetry;
-use liveness_worker::{demo, schema, telemetry, worker};
+use liveness_worker::{demo, ops, schema, telemetry, worker};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,12 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
     },
+    /// Publish jobs from a JSON-lines file or stdin, or one job per object under an S3 prefix.
+    Enqueue(ops::enqueue::EnqueueArgs),
+    /// Move dead letters (or poison messages) back to the jobs queue.
+    Replay(ops::replay::ReplayArgs),
+    /// Queue depths and consumers, dead letters by failure class and vendor.
+    Status(ops::status::StatusArgs),
     /// Everything at once on local services: emulator, worker, a few hundred sample jobs, a summary.
     Demo(demo::DemoArgs),
     /// Print or write the JSON Schemas of the job, result and dead-letter messages.
@@ -70,6 +76,10 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     match rt.block_on(real_main(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // An operator command that already printed its report.
+        Err(e) if e.downcast_ref::<ops::Exit>().is_some() => {
+            std::process::ExitCode::from(e.downcast_ref::<ops::Exit>().map_or(2, |x| x.0))
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
@@ -125,6 +135,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo(args) => demo::run(&sources, args).await,
+        Command::Enqueue(args) => ops::enqueue::run(&ops_config(&sources)?, args).await,
+        Command::Replay(args) => ops::replay::run(&ops_config(&sources)?, args).await,
+        Command::Status(args) => ops::status::run(&ops_config(&sources)?, args).await,
         Command::Schemas { write } => {
             for (name, text) in schema::all() {
                 match &write {
@@ -157,6 +170,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration `run` would use; logs only warnings and errors, so
+/// the command's own report stays readable (RUST_LOG still wins).
+fn ops_config(sources: &Sources) -> anyhow::Result<Config> {
+    let cfg = Config::load(sources)?;
+    let mut t = cfg.telemetry.clone();
+    t.log_level = "warn".into();
+    telemetry::init(&t);
+    Ok(cfg)
 }
 
 async fn wait_for_signal() {

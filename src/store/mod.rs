@@ -2,7 +2,7 @@
 
 mod s3;
 
-pub use s3::S3Store;
+pub use s3::{ListedObject, S3Store};
 
 use crate::domain::job::S3Uri;
 use async_trait::async_trait;
