@@ -5,12 +5,14 @@
 //! They take the same configuration as `run`, so they find the broker, the
 //! prefixed names and S3 the way the worker does. Pieces shared here:
 //! - [`ConfirmWindow`]: many publishes in flight, confirms settled in order;
-//! - [`HeldScan`]: reads a queue from its head without consuming it. Every
-//!   message fetched stays unacked until the scan ends; closing the channel
-//!   then hands all of them back to RabbitMQ, which (for quorum queues)
-//!   returns them in their original order, ahead of anything newer. A
-//!   nack/requeue per message would instead put each one behind the ones
-//!   still held, and a consumer would see them again and again.
+//! - [`HeldScan`]: reads a whole queue without consuming it. Every message
+//!   fetched stays unacked until the scan ends, so nothing is seen twice;
+//!   then the ones not taken are requeued one by one, in their original
+//!   order. On RabbitMQ 3.10 (checked) a quorum queue appends a requeued
+//!   message at its tail, so the original order comes back only when the
+//!   scan read the queue to its end: scans do, unless told to stop early.
+//!   Unacked messages of a connection that dies go back too (in arbitrary
+//!   order): nothing is ever lost.
 //! - [`Progress`]: a progress bar on a terminal, plain lines otherwise.
 //!
 //! Exit codes (see README): 0 everything done, 1 some input lines were
@@ -115,6 +117,7 @@ impl<T> ConfirmWindow<T> {
                 settled.push((tag, Err(SettleError::Channel(e.to_string()))));
             }
         }
+        settled.extend(self.settle_ready());
         settled
     }
 
@@ -131,17 +134,39 @@ impl<T> ConfirmWindow<T> {
         let (tag, confirm) = self.pending.pop_front().expect("a pending publish");
         let outcome = match tokio::time::timeout(self.timeout, confirm).await {
             Err(_) => Err(SettleError::Timeout(self.timeout)),
-            Ok(Err(e)) => {
+            Ok(r) => self.outcome(r),
+        };
+        (tag, outcome)
+    }
+
+    /// Settles the oldest publishes whose confirm has already arrived, so
+    /// callers can act on them (ack a source message) without waiting for
+    /// the window to fill.
+    pub fn settle_ready(&mut self) -> Vec<Settled<T>> {
+        let mut settled = Vec::new();
+        while let Some((_, confirm)) = self.pending.front_mut() {
+            let Some(r) = futures_util::FutureExt::now_or_never(&mut *confirm) else {
+                break;
+            };
+            let (tag, _) = self.pending.pop_front().expect("front exists");
+            let outcome = self.outcome(r);
+            settled.push((tag, outcome));
+        }
+        settled
+    }
+
+    fn outcome(&mut self, r: lapin::Result<Confirmation>) -> Result<(), SettleError> {
+        match r {
+            Err(e) => {
                 self.broken = true;
                 Err(SettleError::Channel(e.to_string()))
             }
-            Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)))) => {
+            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
                 Err(SettleError::Unroutable)
             }
-            Ok(Ok(Confirmation::Nack(None))) => Err(SettleError::Nacked),
-            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),
-        };
-        (tag, outcome)
+            Ok(Confirmation::Nack(None)) => Err(SettleError::Nacked),
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+        }
     }
 }
 
@@ -175,16 +200,28 @@ pub async fn queue_info(conn: &Connection, queue: &str) -> anyhow::Result<Option
     }
 }
 
-/// Reads a queue from its head with `basic.get`, leaving every message it
-/// does not ack in place: see the module doc. Only the messages present when
-/// the scan opened are read, so a queue that keeps filling does not keep
-/// the scan going.
+/// Reads a queue from its head with `basic.get` until it is empty, leaving
+/// in place every message the caller [`hold`](Self::hold)s: see the module
+/// doc. Messages that arrive during the scan are read (and should be held)
+/// too, so that they stay ahead of the requeued ones, up to a cap that
+/// keeps a fast-filling queue from holding the scan forever.
 pub struct HeldScan {
     ch: Channel,
     queue: String,
     depth: u32,
     read: u32,
+    /// The queue was read to its end.
+    drained: bool,
+    /// Delivery tags to hand back at the end (8 bytes per held message).
+    held: Vec<u64>,
 }
+
+/// Requeues handed back per step of [`HeldScan::release`].
+const RELEASE_BATCH: usize = 16;
+/// How long one release step waits to see its messages back in the queue.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// Messages read beyond the opening depth, at most.
+const ARRIVALS_CAP: u32 = 10_000;
 
 impl HeldScan {
     /// Fails when the queue does not exist.
@@ -203,6 +240,8 @@ impl HeldScan {
             queue: queue.to_owned(),
             depth,
             read: 0,
+            drained: false,
+            held: Vec::new(),
         })
     }
 
@@ -216,10 +255,21 @@ impl HeldScan {
         self.read
     }
 
-    /// The next message, unacked; None once the opening depth is read or the
-    /// queue runs dry.
+    /// The scan read the queue to its end.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// The last message read arrived after the scan opened.
+    pub fn is_arrival(&self) -> bool {
+        self.read > self.depth
+    }
+
+    /// The next message, unacked; None once the queue is empty (or the
+    /// arrivals cap is reached). The caller either acks it (it leaves the
+    /// queue) or holds it (it goes back at the end).
     pub async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
-        if self.read >= self.depth {
+        if self.read >= self.depth.saturating_add(ARRIVALS_CAP) {
             return Ok(None);
         }
         let got = self
@@ -230,16 +280,83 @@ impl HeldScan {
             )
             .await
             .with_context(|| format!("reading queue {} failed", self.queue))?;
-        Ok(got.map(|m| {
-            self.read += 1;
-            m.delivery
-        }))
+        match got {
+            Some(m) => {
+                self.read += 1;
+                Ok(Some(m.delivery))
+            }
+            None => {
+                self.drained = true;
+                Ok(None)
+            }
+        }
     }
 
-    /// Ends the scan: every message read and not acked goes back to the
-    /// queue, in its original order.
-    pub async fn release(self) {
+    /// Leaves a message read by [`next`](Self::next) in the queue.
+    pub fn hold(&mut self, delivery_tag: u64) {
+        self.held.push(delivery_tag);
+    }
+
+    /// Ends the scan: every held message goes back to the queue, in its
+    /// original order. Returns false when the queue's order could not be
+    /// ensured (the scan stopped before the end of the queue, the channel
+    /// failed, or someone else consumed meanwhile); the messages are back in
+    /// the queue either way.
+    ///
+    /// Why it is paced: on RabbitMQ 3.10 (checked), closing the channel
+    /// returns a quorum queue's unacked messages in arbitrary order, and so
+    /// does a `multiple` nack; single nacks keep their order only while the
+    /// queue's client has few commands outstanding: past that it batches
+    /// them and reverses runs of them. So the messages are requeued one by
+    /// one, a few at a time, waiting for each batch to be back in the queue.
+    pub async fn release(mut self) -> bool {
+        self.held.sort_unstable();
+        // Waiting per batch stops once a wait times out (someone else is
+        // consuming the queue): the order cannot be told apart any more.
+        let mut paced = true;
+        let held = std::mem::take(&mut self.held);
+        for batch in held.chunks(RELEASE_BATCH) {
+            let before = self.ready().await;
+            for tag in batch {
+                let requeue = lapin::options::BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                if self.ch.basic_nack(*tag, requeue).await.is_err() {
+                    // The channel is gone: the broker requeues what it held.
+                    return false;
+                }
+            }
+            if paced {
+                let want = before.map(|b| b + batch.len() as u32);
+                let deadline = Instant::now() + RELEASE_WAIT;
+                loop {
+                    match (self.ready().await, want) {
+                        (Some(now), Some(want)) if now >= want => break,
+                        _ if Instant::now() >= deadline => {
+                            paced = false;
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(2)).await,
+                    }
+                }
+            }
+        }
         let _ = self.ch.close(200, "scan done".into()).await;
+        paced && self.drained
+    }
+
+    /// Ready messages now, by a passive declare on the scan's channel.
+    async fn ready(&self) -> Option<u32> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.ch
+            .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .ok()
+            .map(|q| q.message_count())
     }
 }
 

@@ -341,10 +341,14 @@ pub struct ReplayReport {
     /// Republished and confirmed, but the source ack failed: in both queues.
     pub duplicated: u64,
     pub no_match: u64,
+    /// Read past --limit, or arrived during the replay: left in place.
+    pub not_considered: u64,
     pub no_job: u64,
     pub unreadable: u64,
     /// Stopped by SIGINT/SIGTERM before the end.
     pub interrupted: bool,
+    /// The messages left in place went back in their original order.
+    pub order_kept: bool,
 }
 
 /// Options of one replay run (the parsed `replay` arguments).
@@ -380,7 +384,7 @@ pub async fn replay(
         ..Default::default()
     };
     let window_size = if o.rate > 0.0 { 16 } else { 128 };
-    let mut window: ConfirmWindow<(Acker, String)> = ConfirmWindow::new(
+    let mut window: ConfirmWindow<(Acker, u64, String)> = ConfirmWindow::new(
         broker::confirm_channel(&conn).await?,
         window_size,
         cfg.broker.confirm_timeout,
@@ -395,10 +399,19 @@ pub async fn replay(
         Some(r.depth),
     );
     let result: anyhow::Result<()> = async {
-        while !stop.load(Ordering::Relaxed) && o.limit.is_none_or(|l| r.matched < l) {
+        // The whole queue is read even past --limit, so that the messages
+        // left in place come back in their order (see `HeldScan`).
+        while !stop.load(Ordering::Relaxed) {
             let Some(d) = scan.next().await? else { break };
             r.scanned += 1;
             progress.inc(1);
+            // Past the limit, and dead letters that arrived during the
+            // replay (perhaps a replayed job failing again), stay.
+            if o.limit.is_some_and(|l| r.matched >= l) || scan.is_arrival() {
+                r.not_considered += 1;
+                scan.hold(d.delivery_tag);
+                continue;
+            }
             // (job body, job_id, what to list)
             let selected = match o.source {
                 Source::Dead => match read_dead_letter(&d.data) {
@@ -446,11 +459,13 @@ pub async fn replay(
                 },
             };
             let Some((body, job_id, listing)) = selected else {
+                scan.hold(d.delivery_tag);
                 continue;
             };
             r.matched += 1;
             if o.dry_run {
                 progress.println_stdout(&listing.to_string());
+                scan.hold(d.delivery_tag);
                 continue;
             }
             if let Some(p) = pace.as_mut() {
@@ -460,14 +475,14 @@ pub async fn replay(
             let what = format!("job {}", job_id.as_deref().unwrap_or("<no job_id>"));
             let settled = window
                 .publish(
-                    (d.acker, what),
+                    (d.acker, d.delivery_tag, what),
                     &names.jobs_exchange,
                     &names.jobs_routing_key,
                     &body,
                     props,
                 )
                 .await;
-            settle(settled, &mut r, &progress).await;
+            settle(settled, &mut r, &progress, &mut scan).await;
             anyhow::ensure!(
                 !window.is_broken(),
                 "the publishing channel failed; unconfirmed messages stay in {queue}"
@@ -477,18 +492,24 @@ pub async fn replay(
     }
     .await;
     let settled = window.drain().await;
-    settle(settled, &mut r, &progress).await;
+    settle(settled, &mut r, &progress, &mut scan).await;
     progress.finish();
     r.interrupted = stop.load(Ordering::Relaxed);
-    scan.release().await;
+    r.order_kept = scan.release().await;
     let _ = conn.close(200, "replay done".into()).await;
     result?;
     Ok(r)
 }
 
-/// Acks the source of every confirmed republish; counts the rest.
-async fn settle(settled: Vec<Settled<(Acker, String)>>, r: &mut ReplayReport, p: &Progress) {
-    for ((acker, what), outcome) in settled {
+/// Acks the source of every confirmed republish; holds (leaves in place)
+/// the source of every other one.
+async fn settle(
+    settled: Vec<Settled<(Acker, u64, String)>>,
+    r: &mut ReplayReport,
+    p: &Progress,
+    scan: &mut HeldScan,
+) {
+    for ((acker, tag, what), outcome) in settled {
         match outcome {
             Ok(()) => match acker.ack(BasicAckOptions::default()).await {
                 Ok(true) => r.moved += 1,
@@ -500,6 +521,7 @@ async fn settle(settled: Vec<Settled<(Acker, String)>>, r: &mut ReplayReport, p:
                 }
             },
             Err(e) => {
+                scan.hold(tag);
                 r.failed += 1;
                 p.println(&format!("{what}: not replayed, it stays: {e}"));
             }
@@ -548,11 +570,16 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "replay: left in place: {} not matching, {} without a job (raw bodies, cannot be replayed), {} unreadable",
-        r.no_match, r.no_job, r.unreadable
+        "replay: left in place: {} not matching, {} without a job (raw bodies, cannot be replayed), {} unreadable, {} past --limit or newer than the replay",
+        r.no_match, r.no_job, r.unreadable, r.not_considered
     );
     if r.interrupted {
         eprintln!("replay: interrupted; run it again to continue");
+    }
+    if !r.order_kept {
+        eprintln!(
+            "replay: the messages left in place may not be in their original order (the scan stopped early, or another client used the queue); none was lost"
+        );
     }
     if r.failed > 0 {
         return Err(Exit(EXIT_UNCONFIRMED).into());

@@ -16,8 +16,9 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
     /// Read at most this many dead letters to count them (0: all). Counts
-    /// from a partial scan are marked as a sample.
-    #[arg(long, default_value_t = 10_000)]
+    /// from a partial scan are marked as a sample, and the dead letters read
+    /// go back behind the unread ones (RabbitMQ requeues at the tail).
+    #[arg(long, default_value_t = 0)]
     pub scan_limit: u32,
 }
 
@@ -46,6 +47,9 @@ pub struct DeadLetterCounts {
     /// False when the scan stopped at --scan-limit: the counts are a sample
     /// of the oldest dead letters.
     pub complete: bool,
+    /// The dead letters are back in their original order (false after a
+    /// partial scan, or when another client used the queue meanwhile).
+    pub order_kept: bool,
     pub by_class: BTreeMap<String, u64>,
     /// failure.provider, else the job's provider, else "none".
     pub by_vendor: BTreeMap<String, u64>,
@@ -130,13 +134,14 @@ pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
             while scan_limit == 0 || scan.read() < scan_limit {
                 let Some(d) = scan.next().await? else { break };
                 count_dead_letter(&mut c, &mut pairs, &d.data);
+                scan.hold(d.delivery_tag);
             }
             Ok(())
         }
         .await;
         c.scanned = scan.read();
-        c.complete = c.scanned >= c.depth;
-        scan.release().await;
+        c.complete = scan.drained();
+        c.order_kept = scan.release().await;
         counted?;
         c.by_class_and_vendor = pairs
             .into_iter()
@@ -194,7 +199,7 @@ pub fn render(s: &Status) -> String {
                 format!("all {}", c.scanned)
             } else {
                 format!(
-                    "SAMPLE: the oldest {} of {}; raise --scan-limit (0 = all) to count them all",
+                    "SAMPLE: the oldest {} of {}; --scan-limit 0 counts them all",
                     c.scanned, c.depth
                 )
             };
@@ -221,6 +226,9 @@ pub fn render(s: &Status) -> String {
                     "{} of them hold no job (a raw body): replay cannot move them.\n",
                     c.without_job
                 ));
+            }
+            if !c.order_kept {
+                out.push_str("The dead letters read may no longer be in their original order (a partial scan requeues them behind the rest).\n");
             }
             if c.unreadable > 0 {
                 out.push_str(&format!(

@@ -5,5 +5,6 @@
 mod dead_letters;
 mod delivery;
 mod harness;
+mod ops;
 mod results;
 mod telemetry;
