@@ -173,11 +173,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The configuration `run` would use; logs only warnings and errors, so
-/// the command's own report stays readable (RUST_LOG still wins).
+/// the command's own report stays readable (RUST_LOG still wins). lapin's
+/// own "channel closed" errors are expected (a passive declare of a missing
+/// queue closes its channel) and the commands report failures themselves.
 fn ops_config(sources: &Sources) -> anyhow::Result<Config> {
     let cfg = Config::load(sources)?;
     let mut t = cfg.telemetry.clone();
-    t.log_level = "warn".into();
+    t.log_level = "warn,lapin=off".into();
     telemetry::init(&t);
     Ok(cfg)
 }

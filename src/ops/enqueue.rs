@@ -370,6 +370,9 @@ pub async fn enqueue_lines(
                         validate_pass(f, Some(&mut w), &rules, &mut report)?;
                     }
                     Input::Stdin => {
+                        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                            eprintln!("enqueue: reading jobs from the terminal; end with Ctrl-D");
+                        }
                         validate_pass(std::io::stdin().lock(), Some(&mut w), &rules, &mut report)?
                     }
                 }
@@ -441,6 +444,8 @@ pub async fn run(cfg: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
     );
     if args.dry_run {
         eprintln!("enqueue: dry run, nothing published");
+    } else if report.valid == 0 {
+        eprintln!("enqueue: nothing to publish");
     } else if args.strict && report.invalid > 0 {
         eprintln!(
             "enqueue: --strict and {} invalid lines: nothing published",
@@ -453,7 +458,7 @@ pub async fn run(cfg: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
         );
         if report.unconfirmed > 0 {
             eprintln!(
-                "enqueue: publishing again is safe: the worker verifies each job_id once (a repeated job gets its stored outcome again)"
+                "enqueue: publishing the jobs not published again is safe: the worker verifies each job_id once"
             );
         }
     }

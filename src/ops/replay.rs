@@ -20,7 +20,6 @@ use super::{
 use crate::broker::{self, H_ATTEMPTS, H_FIRST_RECEIVED, H_LADDER_STEP, Names};
 use crate::config::Config;
 use crate::domain::dead_letter::{DEAD_LETTER_SCHEMA, FailureClass};
-use anyhow::Context as _;
 use lapin::Acker;
 use lapin::BasicProperties;
 use lapin::options::BasicAckOptions;
@@ -550,9 +549,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         }
         flag.store(true, Ordering::Relaxed);
     });
-    let r = replay(cfg, &opts, stop)
-        .await
-        .context("replay failed; messages not confirmed stay where they were")?;
+    let r = replay(cfg, &opts, stop).await?;
     let source = match a.from {
         Source::Dead => "dead letters",
         Source::Poison => "poison messages",

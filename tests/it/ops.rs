@@ -214,6 +214,23 @@ async fn enqueue_publishes_exactly_the_valid_lines() {
         (0..50).map(|i| format!("stdin-{i}")).collect::<Vec<_>>()
     );
 
+    // No queue bound to the jobs exchange: the broker returns the messages,
+    // which count as not published (exit 3) instead of vanishing.
+    t.ch.queue_delete(t.names.jobs_queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let out = run_bin(&t, &["enqueue", "-"], Some(stdin.as_bytes())).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("0 published and confirmed, 50 not published"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 1 (job stdin-0): not published: no queue is bound"),
+        "{err}"
+    );
+
     std::fs::remove_file(&file).ok();
     t.finish().await;
 }
