@@ -155,7 +155,9 @@ async fn enqueue_publishes_exactly_the_valid_lines() {
         format!("{good2}\r"),                                         // 7: CRLF ending
     ];
     let file = std::env::temp_dir().join(format!("{}-jobs.jsonl", t.prefix));
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let mut content = (lines.join("\n") + "\n").into_bytes();
+    content.extend_from_slice(b"\xff\xfe not text\n"); // 8
+    std::fs::write(&file, content).unwrap();
 
     let out = run_bin(&t, &["enqueue", file.to_str().unwrap()], None).await;
     let err = text(&out.stderr);
@@ -165,6 +167,7 @@ async fn enqueue_publishes_exactly_the_valid_lines() {
         (3, "check must be"),
         (4, "not on the allowlist"),
         (5, "over the 65536-byte limit"),
+        (8, "not UTF-8"),
     ] {
         assert!(
             err.lines()
@@ -174,7 +177,7 @@ async fn enqueue_publishes_exactly_the_valid_lines() {
     }
     assert!(!err.contains("line 1:") && !err.contains("line 6:") && !err.contains("line 7:"));
     assert!(
-        err.contains("7 lines read: 2 valid, 4 invalid, 1 blank"),
+        err.contains("8 lines read: 2 valid, 5 invalid, 1 blank"),
         "{err}"
     );
     assert!(err.contains("2 published and confirmed"), "{err}");
@@ -460,6 +463,51 @@ async fn replay_by_class_moves_exactly_the_matching_and_keeps_order() {
         t.depth(&t.names.dead_queue).await == 31
     })
     .await;
+
+    // Age filters through the binary (these dead letters failed on 2026-11-23).
+    let older = run_bin(
+        &t,
+        &[
+            "replay",
+            "--class",
+            "all",
+            "--older-than",
+            "1m",
+            "--dry-run",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(older.status.code(), Some(0), "{}", text(&older.stderr));
+    assert_eq!(
+        text(&older.stdout).lines().count(),
+        30,
+        "{}",
+        text(&older.stderr)
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(text(&older.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["job_id"], "r-0");
+    assert_eq!(first["vendor"], "argos");
+    let newer = run_bin(
+        &t,
+        &[
+            "replay",
+            "--class",
+            "all",
+            "--newer-than",
+            "1m",
+            "--dry-run",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(text(&newer.stdout).lines().count(), 0);
+    assert!(
+        text(&newer.stderr).contains("0 matched"),
+        "{}",
+        text(&newer.stderr)
+    );
 
     let r = replay::replay(&t.cfg, &opts(false), Arc::new(AtomicBool::new(false)))
         .await
