@@ -16,7 +16,8 @@
 //! - [`Progress`]: a progress bar on a terminal, plain lines otherwise.
 //!
 //! Exit codes (see README): 0 everything done, 1 some input lines were
-//! invalid, 2 the command could not run, 3 some publishes were not confirmed.
+//! invalid, 2 the command could not run, 3 some publishes were not
+//! confirmed, 130 a replay was interrupted.
 
 pub mod backfill;
 pub mod enqueue;
@@ -44,6 +45,8 @@ pub struct Exit(pub u8);
 pub const EXIT_INVALID: u8 = 1;
 /// Some publishes were not confirmed by the broker.
 pub const EXIT_UNCONFIRMED: u8 = 3;
+/// Stopped by SIGINT or SIGTERM before the end (the shell's 128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Why one publish did not become the broker's responsibility.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,8 +14,8 @@
 //! with a fresh retry budget.
 
 use super::{
-    ConfirmWindow, EXIT_UNCONFIRMED, Exit, HeldScan, Progress, Settled, enqueue::ensure_exchange,
-    now_rfc3339,
+    ConfirmWindow, EXIT_INTERRUPTED, EXIT_UNCONFIRMED, Exit, HeldScan, Progress, Settled,
+    enqueue::ensure_exchange, now_rfc3339,
 };
 use crate::broker::{self, H_ATTEMPTS, H_FIRST_RECEIVED, H_LADDER_STEP, Names};
 use crate::config::Config;
@@ -580,6 +580,9 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
     }
     if r.failed > 0 {
         return Err(Exit(EXIT_UNCONFIRMED).into());
+    }
+    if r.interrupted {
+        return Err(Exit(EXIT_INTERRUPTED).into());
     }
     Ok(())
 }

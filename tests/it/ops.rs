@@ -681,6 +681,53 @@ async fn interrupted_replay_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_stopped_by_sigint_moves_each_job_once() {
+    let t = env("replay-int").await;
+    let n = 30;
+    for i in 0..n {
+        let id = format!("i-{i}");
+        dead_letter(&t, &id, "image_not_found", None, Some(&odd_job(&id))).await;
+    }
+    let child = bin(&t)
+        .args(["replay", "--rate", "10"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the replay to move a few jobs", 60, async || {
+        t.depth(&t.names.jobs_queue).await >= 3
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the replay stops")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+
+    // A clean stop: every job is in exactly one of the two queues.
+    let jobs = drain(&t.ch, &t.names.jobs_queue).await;
+    let dead = drain(&t.ch, &t.names.dead_queue).await;
+    assert!(!jobs.is_empty() && !dead.is_empty(), "{err}");
+    let mut ids: Vec<String> = jobs
+        .iter()
+        .chain(dead.iter())
+        .map(|(p, _)| p.message_id().as_ref().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut all: Vec<String> = (0..n).map(|i| format!("i-{i}")).collect();
+    all.sort();
+    assert_eq!(ids, all);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_without_disturbing_the_dead_letters() {
     let t = env("status").await;
     // Enough dead letters for requeueing to need pacing (see HeldScan::release).
