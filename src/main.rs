@@ -76,14 +76,14 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     match rt.block_on(real_main(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        // An operator command that already printed its report.
-        Err(e) if e.downcast_ref::<ops::Exit>().is_some() => {
-            std::process::ExitCode::from(e.downcast_ref::<ops::Exit>().map_or(2, |x| x.0))
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
+        Err(e) => match e.downcast_ref::<ops::Exit>() {
+            // An operator command that already printed its report.
+            Some(ops::Exit(code)) => std::process::ExitCode::from(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        },
     }
 }
 
