@@ -15,6 +15,7 @@
 //! - [`providers`]: one folder per vendor (client, wire types, pure
 //!   normalization) behind the [`providers::Provider`] trait.
 //! - [`emulator`]: a contract-faithful double of the vendors for tests and demos.
+//! - [`ops`]: the operator commands (enqueue, backfill, replay, status).
 //! - [`config`], [`telemetry`], [`schema`]: configuration, logging, JSON Schemas.
 
 pub mod breaker;
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod domain;
 pub mod emulator;
 pub mod image;
+pub mod ops;
 pub mod pipeline;
 pub mod providers;
 pub mod samples;

@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 use liveness_worker::config::{Config, Sources};
 use liveness_worker::emulator::{Emulator, EmulatorConfig, Faults};
 use liveness_worker::telemetry::Telemetry;
-use liveness_worker::{demo, schema, telemetry, worker};
+use liveness_worker::{demo, ops, schema, telemetry, worker};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,12 @@ enum Command {
         #[command(flatten)]
         faults: FaultArgs,
     },
+    /// Publish jobs from a JSON-lines file or stdin, or one job per object under an S3 prefix.
+    Enqueue(ops::enqueue::EnqueueArgs),
+    /// Move dead letters (or poison messages) back to the jobs queue.
+    Replay(ops::replay::ReplayArgs),
+    /// Queue depths and consumers, dead letters by failure class and vendor.
+    Status(ops::status::StatusArgs),
     /// Everything at once on local services: emulator, worker, a few hundred sample jobs, a summary.
     Demo(demo::DemoArgs),
     /// Print or write the JSON Schemas of the job, result and dead-letter messages.
@@ -111,10 +117,14 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     match rt.block_on(real_main(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
-        }
+        Err(e) => match e.downcast_ref::<ops::Exit>() {
+            // An operator command that already printed its report.
+            Some(ops::Exit(code)) => std::process::ExitCode::from(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -181,6 +191,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo(args) => demo::run(&sources, args).await,
+        Command::Enqueue(args) => ops::enqueue::run(&ops_config(&sources)?, args).await,
+        Command::Replay(args) => ops::replay::run(&ops_config(&sources)?, args).await,
+        Command::Status(args) => ops::status::run(&ops_config(&sources)?, args).await,
         Command::Schemas { write } => {
             for (name, text) in schema::all() {
                 match &write {
@@ -213,6 +226,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration `run` would use; logs only warnings and errors, so
+/// the command's own report stays readable (RUST_LOG still wins). lapin's
+/// own "channel closed" errors are expected (a passive declare of a missing
+/// queue closes its channel) and the commands report failures themselves.
+fn ops_config(sources: &Sources) -> anyhow::Result<Config> {
+    let cfg = Config::load(sources)?;
+    let mut t = cfg.telemetry.clone();
+    t.log_level = "warn,lapin=off".into();
+    telemetry::init(&t);
+    Ok(cfg)
 }
 
 async fn wait_for_signal() {

@@ -4,7 +4,7 @@ pub mod outcomes;
 mod s3;
 
 pub use outcomes::{AttemptLog, AttemptRecord, OutcomeError, OutcomeStore, StoredOutcome};
-pub use s3::{S3Outcomes, S3Store};
+pub use s3::{ListedObject, S3Outcomes, S3Store};
 
 use crate::domain::job::S3Uri;
 use async_trait::async_trait;

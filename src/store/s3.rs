@@ -105,6 +105,55 @@ impl S3Store {
     }
 }
 
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    /// The ETag as S3 sends it (quoted); None if the server sent none.
+    pub etag: Option<String>,
+    pub size: u64,
+}
+
+impl S3Store {
+    /// One page of ListObjectsV2 under `prefix` (up to 1 000 keys) and the
+    /// token of the next page, None after the last. Callers page through
+    /// without ever holding the whole listing.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        token: Option<String>,
+    ) -> anyhow::Result<(Vec<ListedObject>, Option<String>)> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("listing s3://{bucket}/{prefix} failed: {}", describe(&e))
+            })?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    key: o.key()?.to_owned(),
+                    etag: o.e_tag().map(str::to_owned),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect();
+        let next = match out.is_truncated() {
+            Some(true) => out.next_continuation_token().map(str::to_owned),
+            _ => None,
+        };
+        Ok((objects, next))
+    }
+}
+
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     e: &SdkError<E, R>,
 ) -> String {

@@ -8,6 +8,7 @@ mod delivery;
 mod didit;
 mod harness;
 mod intellicheck;
+mod ops;
 mod pay_once;
 mod results;
 mod telemetry;

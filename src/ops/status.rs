@@ -1,0 +1,317 @@
+//! `status`: depth and consumers of every queue (passive declares, which
+//! change nothing), and the dead letters counted by failure class and
+//! vendor. The dead letters are read with a [`HeldScan`] and all released
+//! at the end: none is consumed, lost or reordered.
+
+use super::replay::read_dead_letter;
+use super::{HeldScan, queue_info};
+use crate::broker::{self, Names};
+use crate::config::Config;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON (shape in the README) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Read at most this many dead letters to count them (0: all). Counts
+    /// from a partial scan are marked as a sample, and the dead letters read
+    /// go back behind the unread ones (RabbitMQ requeues at the tail).
+    #[arg(long, default_value_t = 0)]
+    pub scan_limit: u32,
+}
+
+/// One queue's figures.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueStatus {
+    /// jobs, retry, results, dead or poison.
+    pub role: &'static str,
+    pub name: String,
+    /// For retry queues: the ladder delay, e.g. "30s".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    pub exists: bool,
+    /// Messages ready for delivery (unacked ones are not counted).
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// Dead letters by class and vendor.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct DeadLetterCounts {
+    pub queue: String,
+    /// Ready messages in the queue when the scan started.
+    pub depth: u32,
+    pub scanned: u32,
+    /// False when the scan stopped at --scan-limit: the counts are a sample
+    /// of the oldest dead letters.
+    pub complete: bool,
+    /// The dead letters are back in their original order (false after a
+    /// partial scan, or when another client used the queue meanwhile).
+    pub order_kept: bool,
+    pub by_class: BTreeMap<String, u64>,
+    /// failure.provider, else the job's provider, else "none".
+    pub by_vendor: BTreeMap<String, u64>,
+    pub by_class_and_vendor: Vec<ClassVendorCount>,
+    /// Dead letters whose body was not a JSON object: `replay` cannot move them.
+    pub without_job: u64,
+    /// Messages that are not `liveness.dead_letter.v1`.
+    pub unreadable: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClassVendorCount {
+    pub class: String,
+    pub vendor: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub queues: Vec<QueueStatus>,
+    /// None when the dead-letter queue does not exist.
+    pub dead_letters: Option<DeadLetterCounts>,
+}
+
+/// Counts one dead letter (or an unreadable message) into `c`.
+pub fn count_dead_letter(
+    c: &mut DeadLetterCounts,
+    pairs: &mut BTreeMap<(String, String), u64>,
+    body: &[u8],
+) {
+    let Some(d) = read_dead_letter(body) else {
+        c.unreadable += 1;
+        return;
+    };
+    let vendor = d.vendor().unwrap_or_else(|| "none".into());
+    if d.job_body().is_none() {
+        c.without_job += 1;
+    }
+    *c.by_class.entry(d.failure.class.clone()).or_default() += 1;
+    *c.by_vendor.entry(vendor.clone()).or_default() += 1;
+    *pairs.entry((d.failure.class, vendor)).or_default() += 1;
+}
+
+/// Reads the figures; changes nothing on the broker.
+pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
+    let n = Names::new(&cfg.broker);
+    let conn = broker::connect(&cfg.broker).await?;
+    let mut wanted: Vec<(&'static str, String, Option<String>)> =
+        vec![("jobs", n.jobs_queue.clone(), None)];
+    for (q, d) in &n.retry_queues {
+        let delay = humantime::format_duration(*d).to_string().replace(' ', "");
+        wanted.push(("retry", q.clone(), Some(delay)));
+    }
+    if let Some(q) = &n.results_queue {
+        wanted.push(("results", q.clone(), None));
+    }
+    wanted.push(("dead", n.dead_queue.clone(), None));
+    wanted.push(("poison", n.poison_queue.clone(), None));
+    let mut queues = Vec::new();
+    for (role, name, delay) in wanted {
+        let info = queue_info(&conn, &name).await?;
+        queues.push(QueueStatus {
+            role,
+            name,
+            delay,
+            exists: info.is_some(),
+            ready: info.map_or(0, |i| i.0),
+            consumers: info.map_or(0, |i| i.1),
+        });
+    }
+
+    let dead_exists = queues.iter().any(|q| q.role == "dead" && q.exists);
+    let dead_letters = if dead_exists {
+        let mut scan = HeldScan::open(&conn, &n.dead_queue).await?;
+        let mut c = DeadLetterCounts {
+            queue: n.dead_queue.clone(),
+            depth: scan.depth(),
+            ..Default::default()
+        };
+        let mut pairs = BTreeMap::new();
+        let counted: anyhow::Result<()> = async {
+            while scan_limit == 0 || scan.read() < scan_limit {
+                let Some(d) = scan.next().await? else { break };
+                count_dead_letter(&mut c, &mut pairs, &d.data);
+                scan.hold(d.delivery_tag);
+            }
+            Ok(())
+        }
+        .await;
+        c.scanned = scan.read();
+        c.complete = scan.drained();
+        c.order_kept = scan.release().await;
+        counted?;
+        c.by_class_and_vendor = pairs
+            .into_iter()
+            .map(|((class, vendor), count)| ClassVendorCount {
+                class,
+                vendor,
+                count,
+            })
+            .collect();
+        Some(c)
+    } else {
+        None
+    };
+    let _ = conn.close(200, "status done".into()).await;
+    Ok(Status {
+        queues,
+        dead_letters,
+    })
+}
+
+/// The human report.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let width = s
+        .queues
+        .iter()
+        .map(|q| q.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    out.push_str(&format!(
+        "{:<width$}  {:<7}  {:>9}  {:>9}\n",
+        "QUEUE", "ROLE", "READY", "CONSUMERS"
+    ));
+    for q in &s.queues {
+        if q.exists {
+            out.push_str(&format!(
+                "{:<width$}  {:<7}  {:>9}  {:>9}\n",
+                q.name, q.role, q.ready, q.consumers
+            ));
+        } else {
+            out.push_str(&format!(
+                "{:<width$}  {:<7}  {:>9}  {:>9}\n",
+                q.name, q.role, "missing", "-"
+            ));
+        }
+    }
+    match &s.dead_letters {
+        None => out.push_str("\nNo dead-letter queue yet (the worker declares it at start).\n"),
+        Some(c) if c.scanned == 0 => {
+            out.push_str(&format!("\nNo dead letters in {}.\n", c.queue));
+        }
+        Some(c) => {
+            let scope = if c.complete {
+                format!("all {}", c.scanned)
+            } else {
+                format!(
+                    "SAMPLE: the oldest {} of {}; --scan-limit 0 counts them all",
+                    c.scanned, c.depth
+                )
+            };
+            out.push_str(&format!("\nDead letters in {} ({scope}):\n", c.queue));
+            let cw = c
+                .by_class_and_vendor
+                .iter()
+                .map(|r| r.class.len())
+                .max()
+                .unwrap_or(5)
+                .max(5);
+            out.push_str(&format!(
+                "{:<cw$}  {:<12}  {:>9}\n",
+                "CLASS", "VENDOR", "COUNT"
+            ));
+            for r in &c.by_class_and_vendor {
+                out.push_str(&format!(
+                    "{:<cw$}  {:<12}  {:>9}\n",
+                    r.class, r.vendor, r.count
+                ));
+            }
+            if c.without_job > 0 {
+                out.push_str(&format!(
+                    "{} of them hold no job (a raw body): replay cannot move them.\n",
+                    c.without_job
+                ));
+            }
+            if !c.order_kept {
+                out.push_str("The dead letters read may no longer be in their original order (a partial scan requeues them behind the rest).\n");
+            }
+            if c.unreadable > 0 {
+                out.push_str(&format!(
+                    "{} messages are not liveness.dead_letter.v1.\n",
+                    c.unreadable
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The `status` command.
+pub async fn run(cfg: &Config, a: StatusArgs) -> anyhow::Result<()> {
+    let s = status(cfg, a.scan_limit).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", render(&s));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_class_and_vendor() {
+        let mut c = DeadLetterCounts::default();
+        let mut pairs = BTreeMap::new();
+        let dl = |class: &str, provider: &str, job: &str| {
+            format!(
+                r#"{{"schema":"liveness.dead_letter.v1","job_id":null,"job":{job},"failure":{{"class":"{class}","message":"m","retryable":true{provider}}},"failed_at":"2026-11-23T00:00:00Z"}}"#
+            )
+        };
+        for body in [
+            dl("retries_exhausted", r#","provider":"argos""#, "{}"),
+            dl("retries_exhausted", r#","provider":"argos""#, "{}"),
+            dl("image_not_found", "", r#"{"provider":"didit"}"#),
+            dl("invalid_job", "", "null"),
+            "garbage".to_owned(),
+        ] {
+            count_dead_letter(&mut c, &mut pairs, body.as_bytes());
+        }
+        assert_eq!(c.by_class["retries_exhausted"], 2);
+        assert_eq!(c.by_vendor["argos"], 2);
+        assert_eq!(c.by_vendor["didit"], 1);
+        assert_eq!(c.by_vendor["none"], 1);
+        assert_eq!(c.without_job, 1);
+        assert_eq!(c.unreadable, 1);
+        assert_eq!(pairs[&("invalid_job".to_owned(), "none".to_owned())], 1);
+    }
+
+    #[test]
+    fn sample_is_marked() {
+        let s = Status {
+            queues: vec![QueueStatus {
+                role: "jobs",
+                name: "liveness.jobs".into(),
+                delay: None,
+                exists: true,
+                ready: 3,
+                consumers: 1,
+            }],
+            dead_letters: Some(DeadLetterCounts {
+                queue: "liveness.dead".into(),
+                depth: 50,
+                scanned: 10,
+                complete: false,
+                by_class_and_vendor: vec![ClassVendorCount {
+                    class: "internal".into(),
+                    vendor: "none".into(),
+                    count: 10,
+                }],
+                ..Default::default()
+            }),
+        };
+        let text = render(&s);
+        assert!(text.contains("SAMPLE: the oldest 10 of 50"), "{text}");
+        assert!(text.contains("liveness.jobs"));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["dead_letters"]["complete"], false);
+        assert_eq!(json["queues"][0]["ready"], 3);
+    }
+}
