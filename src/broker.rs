@@ -17,6 +17,24 @@ use std::time::Duration;
 pub const H_ATTEMPTS: &str = "x-liveness-attempts";
 pub const H_LADDER_STEP: &str = "x-liveness-ladder-step";
 pub const H_FIRST_RECEIVED: &str = "x-liveness-first-received-at";
+/// Set by `replay`: how many times the job was replayed, and when last.
+/// They follow the job onto the delay ladder and onto its dead letter, so a
+/// second replay counts on.
+pub const H_REPLAYS: &str = "x-liveness-replays";
+pub const H_REPLAYED_AT: &str = "x-liveness-replayed-at";
+
+/// The replay headers of a job's properties, for the messages it becomes.
+pub fn replay_headers(props: &BasicProperties) -> FieldTable {
+    let mut out = FieldTable::default();
+    if let Some(h) = props.headers() {
+        for (k, v) in h.inner() {
+            if k.as_str() == H_REPLAYS || k.as_str() == H_REPLAYED_AT {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
 
 /// Every broker name, with the prefix applied.
 #[derive(Debug, Clone)]
@@ -302,7 +320,9 @@ pub fn ladder_props(original: &BasicProperties, carried: &Carried) -> BasicPrope
                 || key.starts_with("x-death")
                 || key.starts_with("x-first-death")
                 || key.starts_with("x-last-death");
-            if !broker_owned && !key.starts_with("x-liveness-") {
+            let ladder_owned =
+                key.starts_with("x-liveness-") && key != H_REPLAYS && key != H_REPLAYED_AT;
+            if !broker_owned && !ladder_owned {
                 headers.insert(k.clone(), v.clone());
             }
         }

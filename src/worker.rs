@@ -362,12 +362,19 @@ impl JobContext {
                     serde_json::to_vec(r).expect("result serializes"),
                     broker::json_props(Some(&r.job_id), corr),
                 ),
-                Disposition::DeadLetter(dl) => (
-                    &self.names.dead_exchange,
-                    dl.failure.class.as_str().to_owned(),
-                    serde_json::to_vec(dl).expect("dead letter serializes"),
-                    broker::json_props(dl.job_id.as_deref(), corr),
-                ),
+                Disposition::DeadLetter(dl) => {
+                    let mut p = broker::json_props(dl.job_id.as_deref(), corr);
+                    let replays = broker::replay_headers(props);
+                    if !replays.inner().is_empty() {
+                        p = p.with_headers(replays);
+                    }
+                    (
+                        &self.names.dead_exchange,
+                        dl.failure.class.as_str().to_owned(),
+                        serde_json::to_vec(dl).expect("dead letter serializes"),
+                        p,
+                    )
+                }
                 Disposition::RetryLater {
                     step,
                     carried,

@@ -30,8 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub const H_REPLAYS: &str = "x-liveness-replays";
-pub const H_REPLAYED_AT: &str = "x-liveness-replayed-at";
+pub use crate::broker::{H_REPLAYED_AT, H_REPLAYS};
 
 /// Which queue to replay from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

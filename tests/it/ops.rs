@@ -798,3 +798,66 @@ async fn status_counts_without_disturbing_the_dead_letters() {
     .await;
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_job_that_fails_again_counts_its_replays_and_then_completes() {
+    let t = TestEnv::start("replays", "").await;
+    let dead = t.names.dead_queue.clone();
+    let key = format!("{}/late.png", t.prefix);
+    let uri = format!("s3://{}/{key}", images_bucket());
+    t.publish(&t.job("late-1", "document", &uri)).await;
+    let opts = ReplayOptions {
+        source: Source::Dead,
+        filter: Filter::default(),
+        dry_run: false,
+        limit: None,
+        rate: 0.0,
+    };
+    // Not uploaded yet: image_not_found, replayed twice, failing each time.
+    for _ in 0..2 {
+        wait_for("the dead letter", 30, async || t.depth(&dead).await == 1).await;
+        let r = replay::replay(&t.cfg, &opts, Arc::new(AtomicBool::new(false)))
+            .await
+            .unwrap();
+        assert_eq!(r.moved, 1);
+    }
+    let d = t.take(&dead, 1, Duration::from_secs(30)).await.remove(0);
+    assert_eq!(d.2["failure"]["class"], "image_not_found");
+    assert_eq!(
+        header(&d.1, replay::H_REPLAYS).and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => Some(*n),
+            AMQPValue::LongInt(n) => Some(*n as i64),
+            _ => None,
+        }),
+        Some(2),
+        "the second failure's dead letter carries the replay count"
+    );
+    assert!(header(&d.1, replay::H_REPLAYED_AT).is_some());
+
+    // Uploaded: a third replay completes it.
+    t.upload(
+        "late.png",
+        liveness_worker::samples::png(
+            5,
+            2000,
+            Some(r#"{"screen_replay":80,"printed_copy":80,"portrait_substitution":80}"#),
+        ),
+    )
+    .await;
+    broker::publish_confirmed(
+        &t.ch,
+        &t.names.dead_exchange,
+        "image_not_found",
+        &serde_json::to_vec(&d.2).unwrap(),
+        d.1.clone(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let r = replay::replay(&t.cfg, &opts, Arc::new(AtomicBool::new(false)))
+        .await
+        .unwrap();
+    assert_eq!(r.moved, 1);
+    assert_eq!(t.results(1).await["late-1"].2["verdict"], "live");
+    t.finish().await;
+}
