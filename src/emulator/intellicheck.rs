@@ -9,8 +9,8 @@
 //! Undocumented error bodies are FastAPI-style `{"detail": "..."}` (the
 //! vendor's reference pages carry FastAPI operation ids), unsigned.
 
-use super::Shared;
 use super::scenario::{self, Scenario, hash_score};
+use super::{Gate, Shared};
 use crate::domain::ProviderName;
 use crate::providers::intellicheck::wire::{
     self, HEADER_CUSTOMER_ID, HEADER_SIGNATURE, LIVENESS_KEYS, PATH_END, PATH_GET_RESULTS,
@@ -182,6 +182,18 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/_admin/intellicheck/stats", get(admin_stats))
 }
 
+/// The answer to an injected fault, in the form this emulator uses for
+/// errors; None when the request goes on.
+fn fault_answer(gate: Gate) -> Option<Response> {
+    match gate {
+        Gate::Proceed => None,
+        Gate::ServerError => Some(detail(StatusCode::INTERNAL_SERVER_ERROR, "injected fault")),
+        Gate::RateLimited(r) => Some(r.response(json!({
+            "detail": format!("Rate limit exceeded; retry in {} seconds", r.retry_after_s)
+        }))),
+    }
+}
+
 fn detail(status: StatusCode, message: impl Into<String>) -> Response {
     Refusal::new(status, message).into_response()
 }
@@ -345,8 +357,8 @@ async fn start(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             _ => return detail(StatusCode::BAD_REQUEST, "ttl must be 1-30 minutes"),
         },
     };
-    if shared.delay_and_roll(VENDOR, None).await {
-        return detail(StatusCode::INTERNAL_SERVER_ERROR, "injected fault");
+    if let Some(refused) = fault_answer(shared.gate(VENDOR, None).await) {
+        return refused;
     }
     // An empty list means every subscribed signal; passport and other add ocr_scan.
     let wants_liveness =
@@ -492,8 +504,8 @@ async fn submit(shared: &Shared, headers: &HeaderMap, body: &[u8], field: &str) 
         t.latency_ms = t.latency_ms.max(scenario.latency_ms);
         t.latency_ms
     };
-    if shared.delay_and_roll(VENDOR, latency).await {
-        return detail(StatusCode::INTERNAL_SERVER_ERROR, "injected fault");
+    if let Some(refused) = fault_answer(shared.gate(VENDOR, latency).await) {
+        return refused;
     }
     let error = scenario
         .error
@@ -581,8 +593,8 @@ async fn end(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes)
         }
         Some(t) => t.latency_ms,
     };
-    if shared.delay_and_roll(VENDOR, latency).await {
-        return detail(StatusCode::INTERNAL_SERVER_ERROR, "injected fault");
+    if let Some(refused) = fault_answer(shared.gate(VENDOR, latency).await) {
+        return refused;
     }
     if let Some(t) = shared.intellicheck.txns().get_mut(&txn) {
         t.ended_at.get_or_insert_with(Instant::now);
@@ -689,8 +701,8 @@ async fn get_results(
         }
         Some(t) => t.latency_ms,
     };
-    if shared.delay_and_roll(VENDOR, latency).await {
-        return detail(StatusCode::INTERNAL_SERVER_ERROR, "injected fault");
+    if let Some(refused) = fault_answer(shared.gate(VENDOR, latency).await) {
+        return refused;
     }
     let processing = Duration::from_millis(emu.processing_ms.load(Ordering::Relaxed));
     let variants = emu.variants.lock().expect("emulator state lock").clone();

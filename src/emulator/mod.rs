@@ -338,31 +338,6 @@ impl Shared {
         }
     }
 
-    /// [`Shared::gate`] for handlers that answer no 429 of their own: every
-    /// fault but the rate limit; true when the request must be answered
-    /// with a 500.
-    #[allow(dead_code)]
-    pub(crate) async fn delay_and_roll(
-        &self,
-        vendor: ProviderName,
-        scenario_latency_ms: Option<u64>,
-    ) -> bool {
-        let gate = match self.roll(vendor, Instant::now(), false) {
-            Roll::Limited(_) => unreachable!("rate limit not applied"),
-            Roll::Drop => close_unanswered().await,
-            Roll::Hold => {
-                tokio::time::sleep(TIMEOUT_HOLD).await;
-                close_unanswered().await
-            }
-            Roll::Go { latency_ms, error } => (latency_ms, error),
-        };
-        let wait = gate.0 + scenario_latency_ms.unwrap_or(0);
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
-        gate.1
-    }
-
     /// Decides the faults for one request and counts them.
     fn roll(&self, vendor: ProviderName, now: Instant, rate_limit: bool) -> Roll {
         let mut vendors = self.vendors.lock().expect("emulator state lock");
