@@ -548,7 +548,7 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
             continue;
         }
         let pid = r.child.id().expect("running") as i32;
-        unsafe { libc_kill(pid, 15) };
+        crate::harness::signal(pid, 15);
         match tokio::time::timeout(Duration::from_secs(30), r.child.wait()).await {
             Ok(Ok(s)) if s.success() => {}
             _ => unclean_exits += 1,
@@ -698,9 +698,4 @@ async fn collect(
     }
     let _ = conn.close(200, "".into()).await;
     seen
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -7,8 +7,7 @@ use crate::harness::{TestEnv, wait_for};
 use liveness_worker::image::sha256_hex;
 use liveness_worker::samples;
 use serde_json::{Value, json};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Face jobs go to Didit unless they name another vendor.
 const DIDIT_DEFAULT: &str = "[providers]\ndefault_face = \"didit\"";
@@ -507,50 +506,14 @@ async fn no_biometric_data_or_media_url_leaves_a_didit_job() {
         uris.push((name, t.upload(&format!("{name}.png"), img.clone()).await));
     }
 
-    let metrics_port = 20_000 + fastrand::u16(..20_000);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_liveness-worker"))
-        .arg("run")
-        .env("LIVENESS_BROKER__PREFIX", &t.prefix)
-        .env("LIVENESS_BROKER__RETRY_DELAYS", r#"["300ms"]"#)
-        .env("LIVENESS_PROVIDERS__DEFAULT_FACE", "didit")
-        .env("LIVENESS_PROVIDERS__DIDIT__BASE_URL", emu.base_url())
-        .env("LIVENESS_PROVIDERS__DIDIT__API_KEY", key)
-        .env("LIVENESS_RETRY__CREDENTIALS_PARK_STEP", "0")
-        .env(
-            "LIVENESS_RESULTS__BUCKET",
-            crate::harness::env("LIVENESS_TEST_RESULTS_BUCKET"),
-        )
-        .env("LIVENESS_RESULTS__PREFIX", format!("{}/", t.prefix))
-        .env("LIVENESS_RETRY__INITIAL_BACKOFF", "50ms")
-        .env(
-            "LIVENESS_WORKER__ALLOWED_BUCKETS",
-            format!(r#"["{}"]"#, crate::harness::images_bucket()),
-        )
-        .env("LIVENESS_TELEMETRY__LOG_FORMAT", "json")
-        .env("LIVENESS_TELEMETRY__LOG_LEVEL", "debug")
-        .env(
-            "LIVENESS_TELEMETRY__LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
-        .env_remove("RUST_LOG")
-        .env_remove("LIVENESS_PROVIDERS__ARGOS__API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary starts");
-    let output = crate::harness::capture_output(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while t.consumers(&t.names.jobs_queue.clone()).await.unwrap_or(0) == 0 {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("worker exited with {status}: {}", output.await.unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not start consuming"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let worker = t
+        .spawn_worker_process(&[
+            ("LIVENESS_PROVIDERS__DEFAULT_FACE", "didit".into()),
+            ("LIVENESS_PROVIDERS__DIDIT__BASE_URL", emu.base_url()),
+            ("LIVENESS_PROVIDERS__DIDIT__API_KEY", key.to_string()),
+            ("LIVENESS_RETRY__INITIAL_BACKOFF", "50ms".into()),
+        ])
+        .await;
 
     for (name, uri) in &uris {
         let mut job = t.job(&format!("leak-{name}"), "face", uri);
@@ -581,21 +544,9 @@ async fn no_biometric_data_or_media_url_leaves_a_didit_job() {
     assert_eq!(verdicts["leak-noface"], "inconclusive");
     assert_eq!(verdicts["leak-throttled"], "live");
     assert_eq!(dead[0].2["failure"]["class"], "vendor_rejected_request");
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = worker.metrics().await;
 
-    let pid = child.id().expect("running") as i32;
-    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
-    let logs = output.await.unwrap();
+    let logs = worker.stop().await;
     let job_lines = logs
         .lines()
         .filter(|l| l.contains("\"job_id\":\"leak-"))
@@ -625,9 +576,4 @@ async fn no_biometric_data_or_media_url_leaves_a_didit_job() {
         }
     }
     t.finish().await;
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

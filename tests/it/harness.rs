@@ -459,15 +459,109 @@ pub fn corr(p: &BasicProperties) -> Option<String> {
     p.correlation_id().as_ref().map(ShortString::to_string)
 }
 
-/// Reads a child's stdout and stderr as it runs (a verbose worker would
-/// otherwise block on a full pipe); the handle yields stderr then stdout.
-pub fn capture_output(child: &mut tokio::process::Child) -> tokio::task::JoinHandle<String> {
-    use tokio::io::AsyncReadExt as _;
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let mut out = child.stdout.take().expect("stdout is piped");
-    tokio::spawn(async move {
-        let (mut e, mut o) = (Vec::new(), Vec::new());
-        let _ = tokio::join!(err.read_to_end(&mut e), out.read_to_end(&mut o));
-        String::from_utf8_lossy(&e).into_owned() + &String::from_utf8_lossy(&o)
-    })
+/// The real `liveness-worker run` binary on this test's queues and results
+/// prefix, logging JSON at debug level, with its metrics on a random port.
+/// Its output is read as it runs (a verbose worker would otherwise block on
+/// a full pipe).
+pub struct WorkerProcess {
+    child: tokio::process::Child,
+    output: tokio::task::JoinHandle<String>,
+    metrics_port: u16,
+}
+
+impl TestEnv {
+    /// Starts the binary with the common settings plus `vendor_env` (the
+    /// vendors' LIVENESS_PROVIDERS__* and anything else a test needs), and
+    /// waits until it consumes.
+    pub async fn spawn_worker_process(&self, vendor_env: &[(&str, String)]) -> WorkerProcess {
+        use tokio::io::AsyncReadExt as _;
+        let metrics_port = 20_000 + fastrand::u16(..20_000);
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_liveness-worker"));
+        cmd.arg("run")
+            .env_remove("RUST_LOG")
+            .env("LIVENESS_BROKER__PREFIX", &self.prefix)
+            .env("LIVENESS_BROKER__RETRY_DELAYS", r#"["300ms"]"#)
+            .env("LIVENESS_RETRY__CREDENTIALS_PARK_STEP", "0")
+            .env(
+                "LIVENESS_RESULTS__BUCKET",
+                env("LIVENESS_TEST_RESULTS_BUCKET"),
+            )
+            .env("LIVENESS_RESULTS__PREFIX", format!("{}/", self.prefix))
+            .env(
+                "LIVENESS_WORKER__ALLOWED_BUCKETS",
+                format!(r#"["{}"]"#, images_bucket()),
+            )
+            .env("LIVENESS_TELEMETRY__LOG_FORMAT", "json")
+            .env("LIVENESS_TELEMETRY__LOG_LEVEL", "debug")
+            .env(
+                "LIVENESS_TELEMETRY__LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .envs(vendor_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("worker binary starts");
+        let mut err = child.stderr.take().expect("stderr is piped");
+        let mut out = child.stdout.take().expect("stdout is piped");
+        let output = tokio::spawn(async move {
+            let (mut e, mut o) = (Vec::new(), Vec::new());
+            let _ = tokio::join!(err.read_to_end(&mut e), out.read_to_end(&mut o));
+            String::from_utf8_lossy(&e).into_owned() + &String::from_utf8_lossy(&o)
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .consumers(&self.names.jobs_queue.clone())
+            .await
+            .unwrap_or(0)
+            == 0
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("worker exited with {status}: {}", output.await.unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker process did not start consuming"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        WorkerProcess {
+            child,
+            output,
+            metrics_port,
+        }
+    }
+}
+
+impl WorkerProcess {
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .await
+            .expect("metrics endpoint answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// SIGTERM; asserts it drains and exits 0; returns everything it logged.
+    pub async fn stop(mut self) -> String {
+        let pid = self.child.id().expect("running") as i32;
+        assert_eq!(signal(pid, 15), 0, "SIGTERM sent");
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "exit status {status:?}");
+        self.output.await.unwrap()
+    }
+}
+
+/// kill(2): sends `sig` to process `pid`; 0 on success.
+pub fn signal(pid: i32, sig: i32) -> i32 {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    unsafe { kill(pid, sig) }
 }

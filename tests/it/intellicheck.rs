@@ -738,8 +738,7 @@ async fn intellicheck_emulator_checks_requests_like_the_vendor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intellicheck_signing_key_and_images_never_leak_from_the_binary() {
     use base64::Engine as _;
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let t = TestEnv::new("ic-leak", "").await;
     let signing_key = "ic-LEAKCHECK-5b1e77d02c";
     let emu = liveness_worker::emulator::Emulator::start(
@@ -767,56 +766,27 @@ async fn intellicheck_signing_key_and_images_never_leak_from_the_binary() {
         "document",
         &t.upload("r.png", rejected.clone()).await,
     );
-    let metrics_port = 20_000 + fastrand::u16(..20_000);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_liveness-worker"))
-        .arg("run")
-        .env("LIVENESS_BROKER__PREFIX", &t.prefix)
-        .env("LIVENESS_BROKER__RETRY_DELAYS", r#"["300ms"]"#)
-        .env("LIVENESS_RETRY__CREDENTIALS_PARK_STEP", "0")
-        .env(
-            "LIVENESS_RESULTS__BUCKET",
-            crate::harness::env("LIVENESS_TEST_RESULTS_BUCKET"),
-        )
-        .env("LIVENESS_RESULTS__PREFIX", format!("{}/", t.prefix))
-        .env("LIVENESS_PROVIDERS__DEFAULT_DOCUMENT", "intellicheck")
-        .env("LIVENESS_PROVIDERS__INTELLICHECK__BASE_URL", emu.base_url())
-        .env(
-            "LIVENESS_PROVIDERS__INTELLICHECK__CUSTOMER_ID",
-            "leak-customer",
-        )
-        .env("LIVENESS_PROVIDERS__INTELLICHECK__SIGNING_KEY", signing_key)
-        .env(
-            "LIVENESS_PROVIDERS__INTELLICHECK__POLL_INITIAL_INTERVAL",
-            "50ms",
-        )
-        .env(
-            "LIVENESS_WORKER__ALLOWED_BUCKETS",
-            format!(r#"["{}"]"#, crate::harness::images_bucket()),
-        )
-        .env("LIVENESS_TELEMETRY__LOG_FORMAT", "json")
-        .env("LIVENESS_TELEMETRY__LOG_LEVEL", "debug")
-        .env(
-            "LIVENESS_TELEMETRY__LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary starts");
-    let output = crate::harness::capture_output(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while t.consumers(&t.names.jobs_queue.clone()).await.unwrap_or(0) == 0 {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("worker exited with {status}: {}", output.await.unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker process did not start consuming"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let worker = t
+        .spawn_worker_process(&[
+            (
+                "LIVENESS_PROVIDERS__DEFAULT_DOCUMENT",
+                "intellicheck".into(),
+            ),
+            ("LIVENESS_PROVIDERS__INTELLICHECK__BASE_URL", emu.base_url()),
+            (
+                "LIVENESS_PROVIDERS__INTELLICHECK__CUSTOMER_ID",
+                "leak-customer".into(),
+            ),
+            (
+                "LIVENESS_PROVIDERS__INTELLICHECK__SIGNING_KEY",
+                signing_key.into(),
+            ),
+            (
+                "LIVENESS_PROVIDERS__INTELLICHECK__POLL_INITIAL_INTERVAL",
+                "50ms".into(),
+            ),
+        ])
+        .await;
     t.publish(&job).await;
     t.publish(&bad).await;
     let results = t
@@ -835,20 +805,8 @@ async fn intellicheck_signing_key_and_images_never_leak_from_the_binary() {
         .take(&t.names.dead_queue.clone(), 1, Duration::from_secs(60))
         .await;
     assert_eq!(dead[0].2["failure"]["class"], "vendor_rejected_request");
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let pid = child.id().expect("running") as i32;
-    assert_eq!(unsafe { kill(pid, 15) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
-    let logs = output.await.unwrap();
+    let metrics = worker.metrics().await;
+    let logs = worker.stop().await;
     assert!(
         logs.contains("Vendor call failed"),
         "the retry was logged:\n{logs}"
@@ -897,10 +855,6 @@ async fn intellicheck_signing_key_and_images_never_leak_from_the_binary() {
         }
     }
     t.finish().await;
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 /// The adapter alone against the emulator: each `response_signatures`

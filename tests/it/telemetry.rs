@@ -5,8 +5,7 @@ use crate::harness::{TestEnv, env, wait_for};
 use base64::Engine as _;
 use liveness_worker::samples;
 use serde_json::Value;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The value of one series in a Prometheus text exposition.
 pub fn series(text: &str, name_and_labels: &str) -> Option<f64> {
@@ -211,51 +210,15 @@ async fn no_secret_or_image_byte_leaks_from_a_real_worker_process() {
     let flaky = samples::png(78, 50_000, Some(r#"{"error":1003,"error_times":1}"#));
     let uri = t.upload("leak.png", image.clone()).await;
     let flaky_uri = t.upload("flaky.png", flaky.clone()).await;
-    let metrics_port = 20_000 + fastrand::u16(..20_000);
-    let bin = env!("CARGO_BIN_EXE_liveness-worker");
-    let mut child = tokio::process::Command::new(bin)
-        .arg("run")
-        .env("LIVENESS_BROKER__PREFIX", &t.prefix)
-        .env("LIVENESS_BROKER__RETRY_DELAYS", r#"["300ms"]"#)
-        .env("LIVENESS_RETRY__CREDENTIALS_PARK_STEP", "0")
-        .env(
-            "LIVENESS_RESULTS__BUCKET",
-            env("LIVENESS_TEST_RESULTS_BUCKET"),
-        )
-        .env("LIVENESS_RESULTS__PREFIX", format!("{}/", t.prefix))
-        .env(
-            "LIVENESS_PROVIDERS__ARGOS__BASE_URL",
-            format!("{}/modules", emu.base_url()),
-        )
-        .env("LIVENESS_PROVIDERS__ARGOS__API_KEY", argos_key)
-        .env(
-            "LIVENESS_WORKER__ALLOWED_BUCKETS",
-            format!(r#"["{}"]"#, crate::harness::images_bucket()),
-        )
-        .env("LIVENESS_TELEMETRY__LOG_FORMAT", "json")
-        .env("LIVENESS_TELEMETRY__LOG_LEVEL", "debug")
-        .env(
-            "LIVENESS_TELEMETRY__LISTEN",
-            format!("127.0.0.1:{metrics_port}"),
-        )
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary starts");
-    let output = crate::harness::capture_output(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while t.consumers(&t.names.jobs_queue.clone()).await.unwrap_or(0) == 0 {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("worker exited with {status}: {}", output.await.unwrap());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the worker process did not start consuming"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let worker = t
+        .spawn_worker_process(&[
+            (
+                "LIVENESS_PROVIDERS__ARGOS__BASE_URL",
+                format!("{}/modules", emu.base_url()),
+            ),
+            ("LIVENESS_PROVIDERS__ARGOS__API_KEY", argos_key.to_owned()),
+        ])
+        .await;
 
     t.publish(&t.job("leak-1", "document", &uri)).await;
     t.publish(&t.job("leak-flaky", "document", &flaky_uri))
@@ -273,22 +236,10 @@ async fn no_secret_or_image_byte_leaks_from_a_real_worker_process() {
     let dead = t
         .take(&t.names.dead_queue.clone(), 2, Duration::from_secs(60))
         .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = worker.metrics().await;
 
     // SIGTERM: drain and exit 0.
-    let pid = child.id().expect("running") as i32;
-    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
-    let logs = output.await.unwrap();
+    let logs = worker.stop().await;
 
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut needles: Vec<(String, String)> = vec![
@@ -349,9 +300,4 @@ async fn no_secret_or_image_byte_leaks_from_a_real_worker_process() {
         "expected job log lines, got {job_lines}:\n{logs}"
     );
     t.finish().await;
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
