@@ -1,7 +1,7 @@
 //! Configuration: one typed tree loaded in layers (see `config/default.toml`,
 //! compiled in, for every key), validated once at start.
 
-use crate::domain::ProviderName;
+use crate::domain::{Check, ProviderName};
 use crate::providers::argos::normalize::Bands;
 use crate::providers::intellicheck::ResponseSignatures;
 use anyhow::{Context as _, bail};
@@ -549,10 +549,19 @@ impl Config {
             );
         }
         let d = &self.providers.didit;
-        check(
-            self.providers.default_document != ProviderName::Didit,
-            "providers.default_document cannot be didit: Didit does face checks only".into(),
-        );
+        for (key, vendor, check_type) in [
+            (
+                "default_document",
+                self.providers.default_document,
+                Check::Document,
+            ),
+            ("default_face", self.providers.default_face, Check::Face),
+        ] {
+            check(
+                vendor.can_do(check_type),
+                format!("providers.{key} cannot be {vendor}: it does not do {check_type} checks"),
+            );
+        }
         check(
             d.base_url.starts_with("http://") || d.base_url.starts_with("https://"),
             "providers.didit.base_url must be an http(s) URL".into(),

@@ -8,6 +8,7 @@ use crate::domain::assessment::Assessment;
 use crate::domain::dead_letter::{DEAD_LETTER_SCHEMA, DeadLetter, Failure, FailureClass};
 use crate::domain::job::{InvalidJob, Job, JobEnvelope, S3Uri, parse_job};
 use crate::domain::result::{ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
+use crate::domain::routing::Routing;
 use crate::domain::{Check, ProviderName};
 use crate::image::{describe_prefix, sha256_hex, sniff_content_type};
 use crate::providers::{ErrorKind, Image, Provider, VendorError, VendorRequest};
@@ -26,12 +27,10 @@ use std::time::{Duration, Instant, SystemTime};
 /// What the pipeline needs from configuration.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    pub allowed_buckets: Vec<String>,
+    pub routing: Routing,
     pub max_job_bytes: usize,
     pub max_image_bytes: u64,
     pub job_deadline: Duration,
-    pub default_document: ProviderName,
-    pub default_face: ProviderName,
     pub attempts_per_delivery: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -53,12 +52,10 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     pub fn from_config(c: &crate::config::Config) -> Self {
         PipelineConfig {
-            allowed_buckets: c.worker.allowed_buckets.clone(),
+            routing: Routing::from_config(c),
             max_job_bytes: c.worker.max_job_bytes,
             max_image_bytes: c.worker.max_image_bytes,
             job_deadline: c.worker.job_deadline,
-            default_document: c.providers.default_document,
-            default_face: c.providers.default_face,
             attempts_per_delivery: c.retry.attempts_per_delivery,
             initial_backoff: c.retry.initial_backoff,
             max_backoff: c.retry.max_backoff,
@@ -536,10 +533,11 @@ impl Pipeline {
         earlier_attempts: u32,
         log: &mut Vec<AttemptRecord>,
     ) -> Result<Verified, Failed> {
-        let provider_name = job.provider.unwrap_or(match job.check {
-            Check::Document => self.cfg.default_document,
-            Check::Face => self.cfg.default_face,
-        });
+        let provider_name = self
+            .cfg
+            .routing
+            .route(job)
+            .map_err(|r| Failed::new(r.class, r.message))?;
         let provider = self.providers.get(&provider_name).ok_or_else(|| {
             Failed::new(
                 FailureClass::InvalidJob,
@@ -549,33 +547,6 @@ impl Pipeline {
                 ),
             )
         })?;
-        if !provider.supports(job.check) {
-            return Err(Failed::new(
-                FailureClass::InvalidJob,
-                format!(
-                    "provider {provider_name} cannot do {} checks; send the job without a provider or with one that can",
-                    job.check
-                ),
-            ));
-        }
-        let uris = [
-            ("image", Some(&job.image)),
-            ("back_image", job.back_image.as_ref()),
-        ];
-        for (field, uri) in uris {
-            if let Some(uri) = uri
-                && !self.cfg.allowed_buckets.iter().any(|b| b == &uri.bucket)
-            {
-                return Err(Failed::new(
-                    FailureClass::ForbiddenImageLocation,
-                    format!(
-                        "{field} {uri} is in bucket {}, which is not on this worker's allowlist (worker.allowed_buckets); \
-                             move the image or add the bucket to the allowlist, then replay",
-                        uri.bucket
-                    ),
-                ));
-            }
-        }
 
         let deadline = started + self.cfg.job_deadline;
         let limit = provider

@@ -6,6 +6,7 @@ pub mod assessment;
 pub mod dead_letter;
 pub mod job;
 pub mod result;
+pub mod routing;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

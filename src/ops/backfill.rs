@@ -277,10 +277,12 @@ mod tests {
         .unwrap();
         let body = t.body("s3-x", "imgs", "a \"quoted\"/key.png");
         let rules = Rules {
-            allowed_buckets: vec!["imgs".into()],
+            routing: crate::domain::routing::Routing {
+                allowed_buckets: vec!["imgs".into()],
+                default_document: crate::domain::ProviderName::Argos,
+                default_face: crate::domain::ProviderName::Argos,
+            },
             max_job_bytes: 65536,
-            default_document: crate::domain::ProviderName::Argos,
-            default_face: crate::domain::ProviderName::Argos,
         };
         let job = validate_job(body.as_bytes(), &rules).unwrap();
         assert_eq!(job.image.key, "a \"quoted\"/key.png");

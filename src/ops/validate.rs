@@ -9,80 +9,48 @@
 
 use crate::config::Config;
 use crate::domain::job::{Job, parse_job};
-use crate::domain::{Check, ProviderName};
+use crate::domain::routing::Routing;
 
 /// What a job is checked against; taken from the same configuration as `run`.
 #[derive(Debug, Clone)]
 pub struct Rules {
-    pub allowed_buckets: Vec<String>,
+    pub routing: Routing,
     pub max_job_bytes: usize,
-    pub default_document: ProviderName,
-    pub default_face: ProviderName,
 }
 
 impl Rules {
     pub fn from_config(c: &Config) -> Self {
         Rules {
-            allowed_buckets: c.worker.allowed_buckets.clone(),
+            routing: Routing::from_config(c),
             max_job_bytes: c.worker.max_job_bytes,
-            default_document: c.providers.default_document,
-            default_face: c.providers.default_face,
         }
     }
 
     pub fn bucket_allowed(&self, bucket: &str) -> bool {
-        self.allowed_buckets.iter().any(|b| b == bucket)
-    }
-}
-
-/// Which checks a vendor offers at all (DESIGN §2).
-pub fn vendor_supports(p: ProviderName, check: Check) -> bool {
-    match p {
-        ProviderName::Argos => true,
-        ProviderName::Intellicheck => check == Check::Document,
-        ProviderName::Didit => check == Check::Face,
+        self.routing.bucket_allowed(bucket)
     }
 }
 
 /// Validates one job body; the error is the reason in the worker's words.
 pub fn validate_job(body: &[u8], rules: &Rules) -> Result<Job, String> {
     let (job, _) = parse_job(body, rules.max_job_bytes).map_err(|e| e.message)?;
-    let provider = job.provider.unwrap_or(match job.check {
-        Check::Document => rules.default_document,
-        Check::Face => rules.default_face,
-    });
-    if !vendor_supports(provider, job.check) {
-        return Err(format!(
-            "provider {provider} cannot do {} checks; send the job without a provider or with one that can",
-            job.check
-        ));
-    }
-    for (field, uri) in [
-        ("image", Some(&job.image)),
-        ("back_image", job.back_image.as_ref()),
-    ] {
-        if let Some(uri) = uri
-            && !rules.bucket_allowed(&uri.bucket)
-        {
-            return Err(format!(
-                "{field} {uri} is in bucket {}, which is not on the allowlist (worker.allowed_buckets)",
-                uri.bucket
-            ));
-        }
-    }
+    rules.routing.route(&job).map_err(|r| r.message)?;
     Ok(job)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ProviderName;
 
     fn rules() -> Rules {
         Rules {
-            allowed_buckets: vec!["imgs".into()],
+            routing: Routing {
+                allowed_buckets: vec!["imgs".into()],
+                default_document: ProviderName::Argos,
+                default_face: ProviderName::Argos,
+            },
             max_job_bytes: 2048,
-            default_document: ProviderName::Argos,
-            default_face: ProviderName::Argos,
         }
     }
 
@@ -133,7 +101,7 @@ mod tests {
     #[test]
     fn the_default_vendor_must_do_the_check() {
         let mut r = rules();
-        r.default_face = ProviderName::Intellicheck;
+        r.routing.default_face = ProviderName::Intellicheck;
         let e = validate_job(
             br#"{"schema":"liveness.job.v1","job_id":"a","check":"face","image":"s3://imgs/x"}"#,
             &r,

@@ -136,8 +136,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> ProviderName;
-    /// Whether this vendor can do the check at all.
-    fn supports(&self, check: Check) -> bool;
     /// The vendor's own image size limit, when lower than ours.
     fn max_image_bytes(&self) -> Option<u64> {
         None

@@ -157,7 +157,7 @@ async fn bad_inputs_become_the_right_dead_letters() {
             v["failure"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("not on this worker's allowlist")
+                .contains("not on the allowlist (worker.allowed_buckets)")
         );
     }
     assert!(

@@ -936,6 +936,4 @@ async fn intellicheck_adapter_response_signature_policies() {
             }
         }
     }
-    // A face check is not Intellicheck's to do.
-    assert!(!adapter("verify").supports(Check::Face));
 }

@@ -117,10 +117,6 @@ impl Provider for Argos {
         ProviderName::Argos
     }
 
-    fn supports(&self, _check: Check) -> bool {
-        true
-    }
-
     async fn verify(&self, req: &VendorRequest<'_>) -> Result<Assessment, VendorError> {
         match req.check {
             Check::Document => {

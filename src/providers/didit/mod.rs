@@ -5,8 +5,8 @@ pub mod normalize;
 pub mod wire;
 
 use crate::config::DiditConfig;
+use crate::domain::ProviderName;
 use crate::domain::assessment::Assessment;
-use crate::domain::{Check, ProviderName};
 use crate::providers::{Image, Provider, VendorError, VendorRequest, retry_after};
 use async_trait::async_trait;
 use reqwest::multipart::{Form, Part};
@@ -108,10 +108,6 @@ pub fn vendor_data(metadata: Option<&RawValue>, key: &str) -> Option<String> {
 impl Provider for Didit {
     fn name(&self) -> ProviderName {
         ProviderName::Didit
-    }
-
-    fn supports(&self, check: Check) -> bool {
-        check == Check::Face
     }
 
     fn max_image_bytes(&self) -> Option<u64> {
@@ -219,7 +215,7 @@ mod tests {
     ) -> Result<Assessment, VendorError> {
         d.verify(&VendorRequest {
             job_id: "j",
-            check: Check::Face,
+            check: crate::domain::Check::Face,
             signals: &[crate::domain::SignalName::FaceLiveness],
             image: img,
             back_image: None,

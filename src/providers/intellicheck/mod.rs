@@ -7,8 +7,8 @@ pub mod normalize;
 pub mod wire;
 
 use crate::config::{IntellicheckConfig, Secret};
+use crate::domain::ProviderName;
 use crate::domain::assessment::Assessment;
-use crate::domain::{Check, ProviderName};
 use crate::providers::{Provider, VendorError, VendorRequest, retry_after};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -198,10 +198,6 @@ impl Provider for Intellicheck {
     }
 
     /// Document liveness only; the selfie signal is a face match, not liveness.
-    fn supports(&self, check: Check) -> bool {
-        check == Check::Document
-    }
-
     async fn verify(&self, req: &VendorRequest<'_>) -> Result<Assessment, VendorError> {
         let start = wire::encode(
             &Empty {},
