@@ -2,7 +2,7 @@
 //! publisher confirms. The consume loop lives in `worker`.
 
 use crate::config::BrokerConfig;
-use crate::pipeline::Carried;
+use crate::pipeline::{Carried, Disposition};
 use anyhow::Context as _;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -17,6 +17,10 @@ use std::time::Duration;
 pub const H_ATTEMPTS: &str = "x-liveness-attempts";
 pub const H_LADDER_STEP: &str = "x-liveness-ladder-step";
 pub const H_FIRST_RECEIVED: &str = "x-liveness-first-received-at";
+/// Argos callback mode: submissions made so far, and whether this message is
+/// the job coming back from the callback wait.
+pub const H_CALLBACK_SUBMISSIONS: &str = "x-liveness-callback-submissions";
+pub const H_AWAITING_CALLBACK: &str = "x-liveness-awaiting-callback";
 /// Set by `replay`: how many times the job was replayed, and when last.
 /// They follow the job onto the delay ladder and onto its dead letter, so a
 /// second replay counts on.
@@ -50,6 +54,8 @@ pub struct Names {
     pub poison_queue: String,
     /// (queue name, delay) per ladder step.
     pub retry_queues: Vec<(String, Duration)>,
+    /// Where Argos callback-mode jobs wait for their callback.
+    pub callback_wait_queue: String,
 }
 
 impl Names {
@@ -66,6 +72,7 @@ impl Names {
             retry_queues: (0..c.retry_delays.len())
                 .map(|i| (c.retry_queue(i), c.retry_delays[i]))
                 .collect(),
+            callback_wait_queue: c.name(&c.callback_wait_queue),
         }
     }
 }
@@ -184,14 +191,7 @@ pub async fn declare_topology(conn: &Connection, c: &BrokerConfig) -> anyhow::Re
     };
 
     queue(n.poison_queue.clone(), quorum_args()).await?;
-    let mut jobs = quorum_args();
-    jobs.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongInt(c.delivery_limit as i32),
-    );
-    // The default exchange routes by queue name: raw jobs over the limit land in the poison queue.
-    dead_letter_to(&mut jobs, "", &n.poison_queue);
-    queue(n.jobs_queue.clone(), jobs).await?;
+    queue(n.jobs_queue.clone(), jobs_queue_args(c)).await?;
     bind(
         n.jobs_queue.clone(),
         n.jobs_exchange.clone(),
@@ -200,13 +200,7 @@ pub async fn declare_topology(conn: &Connection, c: &BrokerConfig) -> anyhow::Re
     .await?;
 
     for (name, delay) in &n.retry_queues {
-        let mut a = quorum_args();
-        a.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(delay.as_millis() as i64),
-        );
-        dead_letter_to(&mut a, &n.jobs_exchange, &n.jobs_routing_key);
-        queue(name.clone(), a).await?;
+        queue(name.clone(), delay_queue_args(&n, *delay)).await?;
     }
 
     if let Some(results) = &n.results_queue {
@@ -216,6 +210,41 @@ pub async fn declare_topology(conn: &Connection, c: &BrokerConfig) -> anyhow::Re
     queue(n.dead_queue.clone(), quorum_args()).await?;
     bind(n.dead_queue.clone(), n.dead_exchange.clone(), "#".into()).await?;
     let _ = ch.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// A quorum queue whose messages expire after `delay` back into the jobs
+/// exchange: a delay-ladder step, or the callback wait.
+fn delay_queue_args(n: &Names, delay: Duration) -> FieldTable {
+    let mut a = quorum_args();
+    a.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(delay.as_millis() as i64),
+    );
+    dead_letter_to(&mut a, &n.jobs_exchange, &n.jobs_routing_key);
+    a
+}
+
+/// The queue where Argos callback-mode jobs wait `wait` for their callback
+/// (declared only in that mode; call after [`declare_topology`]).
+pub async fn declare_callback_wait(
+    conn: &Connection,
+    c: &BrokerConfig,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let n = Names::new(c);
+    let ch = conn
+        .create_channel()
+        .await
+        .context("cannot open a RabbitMQ channel")?;
+    ch.queue_declare(
+        n.callback_wait_queue.as_str().into(),
+        QueueDeclareOptions::durable(),
+        delay_queue_args(&n, wait),
+    )
+    .await
+    .map_err(|e| declare_error("queue", &n.callback_wait_queue, e))?;
+    let _ = ch.close(200, "callback wait queue declared".into()).await;
     Ok(())
 }
 
@@ -287,6 +316,70 @@ pub async fn publish_confirmed(
     }
 }
 
+/// A disposition as the message to publish: where, with what body and
+/// properties. None for a disposition that publishes nothing.
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    pub props: BasicProperties,
+}
+
+impl Outgoing {
+    /// `body` and `props` are the job's own (its delivery's).
+    pub fn of(
+        d: &Disposition,
+        names: &Names,
+        body: &[u8],
+        props: &BasicProperties,
+    ) -> Option<Self> {
+        let corr = props.correlation_id().as_ref();
+        let out = match d {
+            Disposition::Publish(r) => Outgoing {
+                exchange: names.results_exchange.clone(),
+                routing_key: r.routing_key(),
+                payload: serde_json::to_vec(r).expect("result serializes"),
+                props: json_props(Some(&r.job_id), corr),
+            },
+            Disposition::DeadLetter(dl) => {
+                let mut p = json_props(dl.job_id.as_deref(), corr);
+                let replays = replay_headers(props);
+                if !replays.inner().is_empty() {
+                    p = p.with_headers(replays);
+                }
+                Outgoing {
+                    exchange: names.dead_exchange.clone(),
+                    routing_key: dl.failure.class.as_str().to_owned(),
+                    payload: serde_json::to_vec(dl).expect("dead letter serializes"),
+                    props: p,
+                }
+            }
+            Disposition::RetryLater {
+                step,
+                carried,
+                reason,
+                ..
+            } => {
+                tracing::info!(step, reason = %reason, "Parking the job on the delay ladder");
+                Outgoing {
+                    exchange: String::new(),
+                    routing_key: names.retry_queues[*step].0.clone(),
+                    payload: body.to_vec(),
+                    props: ladder_props(props, carried),
+                }
+            }
+            Disposition::AwaitCallback { carried, .. } => Outgoing {
+                exchange: String::new(),
+                routing_key: names.callback_wait_queue.clone(),
+                payload: body.to_vec(),
+                props: ladder_props(props, carried),
+            },
+            Disposition::Settled { .. } => return None,
+        };
+        Some(out)
+    }
+}
+
 /// Properties of a worker-published JSON message.
 pub fn json_props(
     message_id: Option<&str>,
@@ -341,6 +434,15 @@ pub fn ladder_props(original: &BasicProperties, carried: &Carried) -> BasicPrope
             AMQPValue::LongString(t.as_str().into()),
         );
     }
+    if carried.callback_submissions > 0 {
+        headers.insert(
+            H_CALLBACK_SUBMISSIONS.into(),
+            AMQPValue::LongLongInt(carried.callback_submissions as i64),
+        );
+    }
+    if carried.awaiting_callback {
+        headers.insert(H_AWAITING_CALLBACK.into(), AMQPValue::Boolean(true));
+    }
     let mut p = original.clone().with_headers(headers).with_delivery_mode(2);
     if original.content_type().is_none() {
         p = p.with_content_type("application/json".into());
@@ -384,5 +486,12 @@ pub fn carried(props: &BasicProperties) -> Carried {
             AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
             _ => None,
         }),
+        callback_submissions: header(props, H_CALLBACK_SUBMISSIONS)
+            .and_then(as_u32)
+            .unwrap_or(0),
+        awaiting_callback: matches!(
+            header(props, H_AWAITING_CALLBACK),
+            Some(AMQPValue::Boolean(true))
+        ),
     }
 }

@@ -119,6 +119,7 @@ pub struct BrokerConfig {
     pub dead_queue: String,
     pub poison_queue: String,
     pub retry_queue_prefix: String,
+    pub callback_wait_queue: String,
     #[serde(deserialize_with = "durations")]
     pub retry_delays: Vec<Duration>,
     pub poison_threshold: u32,
@@ -235,6 +236,25 @@ pub struct ArgosConfig {
     pub use_upcoming_version: bool,
     pub document_bands: Bands,
     pub face_bands: Bands,
+    pub mode: ArgosMode,
+    #[serde(deserialize_with = "lenient_string")]
+    pub callback_public_url: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub callback_listen: String,
+    pub callback_secret: Secret,
+    #[serde(with = "humantime_serde")]
+    pub callback_token_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub callback_wait: Duration,
+    pub callback_submissions: u32,
+}
+
+/// How Argos ID Liveness answers: in the response, or by a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArgosMode {
+    Sync,
+    Callback,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -363,6 +383,10 @@ impl Config {
             .api_key
             .resolve("providers.argos.api_key")?;
         cfg.providers
+            .argos
+            .callback_secret
+            .resolve("providers.argos.callback_secret")?;
+        cfg.providers
             .intellicheck
             .signing_key
             .resolve("providers.intellicheck.signing_key")?;
@@ -425,6 +449,7 @@ impl Config {
             ("broker.dead_queue", &b.dead_queue),
             ("broker.poison_queue", &b.poison_queue),
             ("broker.retry_queue_prefix", &b.retry_queue_prefix),
+            ("broker.callback_wait_queue", &b.callback_wait_queue),
         ] {
             check(!v.is_empty(), format!("{key} must not be empty"));
         }
@@ -514,6 +539,40 @@ impl Config {
             a.base_url.starts_with("http://") || a.base_url.starts_with("https://"),
             "providers.argos.base_url must be an http(s) URL".into(),
         );
+        if a.mode == ArgosMode::Callback {
+            check(
+                a.callback_public_url.starts_with("http://")
+                    || a.callback_public_url.starts_with("https://"),
+                "providers.argos.callback_public_url must be an http(s) URL in callback mode"
+                    .into(),
+            );
+            check(
+                a.callback_listen.parse::<std::net::SocketAddr>().is_ok(),
+                format!(
+                    "providers.argos.callback_listen must be host:port (an IP address), got {:?}",
+                    a.callback_listen
+                ),
+            );
+            check(
+                a.callback_secret.expose().len() >= 32,
+                "providers.argos.callback_secret must be at least 32 characters in callback mode"
+                    .into(),
+            );
+            check(
+                !self.results.bucket.is_empty(),
+                "results.bucket must be set in callback mode: pending submissions are recorded there"
+                    .into(),
+            );
+            check(
+                a.callback_submissions >= 1,
+                "providers.argos.callback_submissions must be at least 1".into(),
+            );
+            check(
+                a.callback_wait >= Duration::from_millis(100)
+                    && a.callback_token_ttl > a.callback_wait,
+                "providers.argos.callback_wait must be at least 100ms and shorter than callback_token_ttl".into(),
+            );
+        }
         for (key, bands) in [
             ("providers.argos.document_bands", a.document_bands),
             ("providers.argos.face_bands", a.face_bands),

@@ -20,6 +20,7 @@
 
 pub mod breaker;
 pub mod broker;
+pub mod callbacks;
 pub mod config;
 pub mod demo;
 pub mod domain;

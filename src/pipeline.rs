@@ -11,10 +11,11 @@ use crate::domain::result::{ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
 use crate::domain::routing::Routing;
 use crate::domain::{Check, ProviderName};
 use crate::image::{describe_prefix, sha256_hex, sniff_content_type};
-use crate::providers::{ErrorKind, Image, Provider, VendorError, VendorRequest};
+use crate::providers::{ErrorKind, Image, Provider, Submission, VendorError, VendorRequest};
 use crate::store::outcomes::OUTCOME_SCHEMA;
 use crate::store::{
-    AttemptLog, AttemptRecord, FetchError, ImageStore, OutcomeError, OutcomeStore, StoredOutcome,
+    AttemptLog, AttemptRecord, FetchError, ImageStore, OutcomeError, OutcomeStore,
+    PendingSubmission, StoredOutcome,
 };
 use crate::telemetry::Metrics;
 use backon::BackoffBuilder as _;
@@ -81,6 +82,8 @@ pub struct Delivery<'a> {
     pub delivery_count: u32,
     /// State carried across the delay ladder in message headers.
     pub carried: Carried,
+    /// The job's AMQP correlation_id (kept for a callback-mode result).
+    pub correlation_id: Option<&'a str>,
 }
 
 /// What a job carries from one delivery to the next on the delay ladder.
@@ -92,6 +95,10 @@ pub struct Carried {
     pub ladder_step: u32,
     /// RFC 3339 time the worker first received the job.
     pub first_received_at: Option<String>,
+    /// Argos callback mode: submissions made so far.
+    pub callback_submissions: u32,
+    /// This delivery is the job back from the callback wait.
+    pub awaiting_callback: bool,
 }
 
 /// What to do with a delivery.
@@ -110,6 +117,17 @@ pub enum Disposition {
         check: Check,
         provider: Option<ProviderName>,
     },
+    /// Argos callback mode: the vendor accepted the job and its pending
+    /// record is stored; republish the job body to the callback wait queue
+    /// carrying `carried`, then ack.
+    AwaitCallback {
+        carried: Carried,
+        check: Check,
+        provider: ProviderName,
+    },
+    /// The job back from the callback wait was already settled by its
+    /// callback: ack, publish nothing.
+    Settled { reason: String, check: Check },
 }
 
 impl Disposition {
@@ -118,6 +136,11 @@ impl Disposition {
             Disposition::Publish(r) => format!("result {}", r.routing_key()),
             Disposition::DeadLetter(d) => format!("dead letter {}", d.failure.class),
             Disposition::RetryLater { step, .. } => format!("retry step {step}"),
+            Disposition::AwaitCallback { carried, .. } => format!(
+                "awaiting callback (submission {})",
+                carried.callback_submissions
+            ),
+            Disposition::Settled { reason, .. } => format!("settled: {reason}"),
         }
     }
 
@@ -148,6 +171,17 @@ impl Disposition {
             Disposition::RetryLater {
                 check, provider, ..
             } => m.job_finished("retry_later", "none", check.as_str(), vendor(*provider)),
+            Disposition::AwaitCallback {
+                check, provider, ..
+            } => m.job_finished(
+                "awaiting_callback",
+                "none",
+                check.as_str(),
+                provider.as_str(),
+            ),
+            Disposition::Settled { check, .. } => {
+                m.job_finished("settled", "none", check.as_str(), "none")
+            }
         }
     }
 }
@@ -162,6 +196,7 @@ pub struct Pipeline {
     /// one job through per probe interval.
     pauses: HashMap<ProviderName, Breaker>,
     outcomes: Option<Arc<dyn OutcomeStore>>,
+    callbacks: Option<CallbackSettings>,
 }
 
 /// What a successful `verify` found.
@@ -179,6 +214,36 @@ enum Verified {
     },
     /// The results store already had this job's outcome for these images.
     Stored(Box<StoredOutcome>),
+    /// Accepted for an asynchronous answer (Argos callback mode).
+    Submitted {
+        provider: ProviderName,
+        vendor: crate::domain::assessment::VendorRefs,
+        submission: u32,
+        image: Image,
+        back_sha256: Option<String>,
+        fetch_ms: u64,
+    },
+}
+
+/// How one vendor attempt is made.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    /// Synchronously: the answer is the verdict.
+    Verify,
+    /// In callback mode: the verdict comes later to `callback_url`.
+    Submit { callback_url: &'a str },
+}
+
+/// Argos callback mode (see [`crate::callbacks`]).
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    pub public_url: String,
+    pub secret: crate::config::Secret,
+    pub token_ttl: Duration,
+    /// Submissions per job before retries_exhausted.
+    pub submissions: u32,
+    /// How long one submission waits for its callback.
+    pub wait: Duration,
 }
 
 /// A failure before a verdict, with everything its dead letter needs.
@@ -232,7 +297,30 @@ impl Pipeline {
             breakers,
             pauses,
             outcomes: None,
+            callbacks: None,
         }
+    }
+
+    /// Turns on Argos callback mode (needs the results store).
+    pub fn with_callbacks(mut self, callbacks: CallbackSettings) -> Self {
+        self.callbacks = Some(callbacks);
+        self
+    }
+
+    pub fn callbacks(&self) -> Option<&CallbackSettings> {
+        self.callbacks.as_ref()
+    }
+
+    pub fn outcomes(&self) -> Option<&Arc<dyn OutcomeStore>> {
+        self.outcomes.as_ref()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn provider(&self, name: ProviderName) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(&name)
     }
 
     /// Adds the results store: outcomes are looked up before any vendor
@@ -301,10 +389,16 @@ impl Pipeline {
             }
         };
 
+        if d.carried.awaiting_callback
+            && let Some(settled) = self
+                .callback_wait_over(&job, &envelope, d, &first_received_at, started)
+                .await
+        {
+            return settled;
+        }
+
         let mut log = Vec::new();
-        let verified = self
-            .verify(&job, started, d.carried.attempts, &mut log)
-            .await;
+        let verified = self.verify(&job, started, &d.carried, &mut log).await;
         let attempts = d.carried.attempts + log.len() as u32;
         let disposition = match verified {
             Ok(Verified::Stored(stored)) => {
@@ -318,6 +412,59 @@ impl Pipeline {
                 result.metadata = job.metadata.clone();
                 return Disposition::Publish(Box::new(result));
             }
+            Ok(Verified::Submitted {
+                provider,
+                vendor,
+                submission,
+                image,
+                back_sha256,
+                fetch_ms,
+            }) => {
+                let pending = PendingSubmission {
+                    schema: crate::store::outcomes::PENDING_SCHEMA.into(),
+                    job_id: job.job_id.clone(),
+                    job: envelope.raw.clone(),
+                    correlation_id: d.correlation_id.map(str::to_owned),
+                    provider,
+                    submission,
+                    attempts,
+                    ladder_step: d.carried.ladder_step,
+                    first_received_at: first_received_at.clone(),
+                    submitted_at: now_rfc3339(),
+                    image: image_info(&image),
+                    back_image_sha256: back_sha256,
+                    fetch_ms,
+                    vendor,
+                    attempt_log: std::mem::take(&mut log),
+                };
+                let carried = Carried {
+                    attempts,
+                    ladder_step: d.carried.ladder_step,
+                    first_received_at: Some(first_received_at.clone()),
+                    callback_submissions: submission,
+                    awaiting_callback: true,
+                };
+                if self.save_pending(&pending).await {
+                    return Disposition::AwaitCallback {
+                        carried,
+                        check: job.check,
+                        provider,
+                    };
+                }
+                // Without a pending record no replica can accept the
+                // callback: wait it out on the ladder, then submit again.
+                Disposition::RetryLater {
+                    step: 0,
+                    carried: Carried {
+                        awaiting_callback: false,
+                        ..carried
+                    },
+                    reason: "the pending submission could not be recorded in the results store"
+                        .into(),
+                    check: job.check,
+                    provider: Some(provider),
+                }
+            }
             Ok(Verified::Fresh {
                 assessment,
                 provider,
@@ -327,7 +474,14 @@ impl Pipeline {
                 vendor_ms,
             }) => {
                 let result = self.result(
-                    &job, provider, assessment, image, attempts, fetch_ms, vendor_ms, started,
+                    &job,
+                    provider,
+                    assessment,
+                    image_info(&image),
+                    attempts,
+                    fetch_ms,
+                    vendor_ms,
+                    started.elapsed().as_millis() as u64,
                 );
                 self.store_outcome(&result, back_sha256, std::mem::take(&mut log))
                     .await;
@@ -339,6 +493,8 @@ impl Pipeline {
                     attempts,
                     ladder_step: d.carried.ladder_step,
                     first_received_at: Some(first_received_at),
+                    callback_submissions: d.carried.callback_submissions,
+                    awaiting_callback: false,
                 },
                 reason: f.failure.message,
                 check: job.check,
@@ -351,6 +507,8 @@ impl Pipeline {
                         attempts,
                         ladder_step: d.carried.ladder_step + 1,
                         first_received_at: Some(first_received_at),
+                        callback_submissions: d.carried.callback_submissions,
+                        awaiting_callback: false,
                     },
                     reason: f.failure.message,
                     check: job.check,
@@ -393,7 +551,7 @@ impl Pipeline {
     /// published unstored (logged as an error): losing an answer the vendor
     /// already billed for is worse than the small risk of a second payment
     /// should this very job be delivered again.
-    async fn store_outcome(
+    pub(crate) async fn store_outcome(
         &self,
         result: &LivenessResult,
         back_sha256: Option<String>,
@@ -411,18 +569,40 @@ impl Pipeline {
             result: result.clone(),
             attempts,
         };
+        if !self.persist("outcome", || store.save(&outcome)).await {
+            tracing::error!(location = %store.location(&result.job_id), "Could not store the outcome within results.store_timeout; publishing it unstored, so a redelivery of this job would call the vendor again");
+        }
+    }
+
+    /// Records a callback-mode submission; false if the store stayed down
+    /// for `results.store_timeout`.
+    async fn save_pending(&self, pending: &PendingSubmission) -> bool {
+        let Some(store) = &self.outcomes else {
+            return false;
+        };
+        self.persist("pending submission", || store.save_pending(pending))
+            .await
+    }
+
+    /// Retries a results-store write while the store is down, for up to
+    /// `results.store_timeout`; false if it never succeeded.
+    async fn persist<F, Fut>(&self, what: &str, mut write: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), OutcomeError>>,
+    {
         let give_up = Instant::now() + self.cfg.store_timeout;
         let mut wait = self.cfg.initial_backoff;
         loop {
-            let Err(e) = store.save(&outcome).await else {
-                return;
+            let Err(e) = write().await else {
+                return true;
             };
             self.metrics.store_error("save");
             if Instant::now() + wait >= give_up {
-                tracing::error!(error = %e, location = %store.location(&result.job_id), "Could not store the outcome within results.store_timeout; publishing it unstored, so a redelivery of this job would call the vendor again");
-                return;
+                tracing::error!(error = %e, what, "Giving up writing to the results store");
+                return false;
             }
-            tracing::warn!(error = %e, delay_ms = wait.as_millis() as u64, "Could not store the outcome, retrying");
+            tracing::warn!(error = %e, what, delay_ms = wait.as_millis() as u64, "Could not write to the results store, retrying");
             tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
             wait = (wait * 2).min(self.cfg.max_backoff);
         }
@@ -504,6 +684,235 @@ impl Pipeline {
         }
     }
 
+    /// The job is back from the callback wait. Settled by its callback (or
+    /// waiting on a later submission): ack it. Its callback never came:
+    /// None to submit again, or a dead letter once the submissions are
+    /// spent. A store it cannot read makes it wait another round.
+    async fn callback_wait_over(
+        &self,
+        job: &Job,
+        envelope: &JobEnvelope,
+        d: &Delivery<'_>,
+        first_received_at: &str,
+        started: Instant,
+    ) -> Option<Disposition> {
+        let store = self.outcomes.as_ref()?;
+        let cb = self.callbacks.as_ref()?;
+        let provider = self.cfg.routing.route(job).unwrap_or(ProviderName::Argos);
+        let deadline = started + self.cfg.job_deadline;
+        let (stored, pending) = tokio::join!(
+            self.lookup(&job.job_id, deadline),
+            store.load_pending(&job.job_id)
+        );
+        let (stored, pending) = match (stored, pending) {
+            (Ok(s), Ok(p)) => (s, p),
+            (s, p) => {
+                self.metrics.store_error("load");
+                tracing::warn!(
+                    outcome_readable = s.is_ok(),
+                    pending_readable = p.is_ok(),
+                    "Results store unreadable after the callback wait; waiting another round"
+                );
+                return Some(Disposition::AwaitCallback {
+                    carried: d.carried.clone(),
+                    check: job.check,
+                    provider,
+                });
+            }
+        };
+        let settled = |reason: &str| {
+            Some(Disposition::Settled {
+                reason: reason.into(),
+                check: job.check,
+            })
+        };
+        match (stored, pending) {
+            // The callback stored the outcome; its publish may not have
+            // happened: publish it (the worker then clears the record).
+            (Some(o), Some(_)) => {
+                let mut result = o.result;
+                result.metadata = job.metadata.clone();
+                Some(Disposition::Publish(Box::new(result)))
+            }
+            (Some(_), None) => settled("its callback published the result"),
+            (None, None) => settled("its callback settled it"),
+            (None, Some(p)) if p.submission > d.carried.callback_submissions => {
+                settled("a later submission is waiting for its callback")
+            }
+            (None, Some(p)) if d.carried.callback_submissions >= cb.submissions => {
+                let failure = Failure {
+                    provider: Some(p.provider),
+                    ..Failure::new(
+                        FailureClass::RetriesExhausted,
+                        format!(
+                            "{} accepted {} submissions of this job (last transaction {}) but never called back \
+                             within providers.argos.callback_wait ({:?}); check the vendor's status and that it can \
+                             reach providers.argos.callback_public_url, then replay the job",
+                            p.provider,
+                            p.submission,
+                            p.vendor.transaction_id.as_deref().unwrap_or("unknown"),
+                            cb.wait
+                        ),
+                    )
+                };
+                Some(self.dead_letter(
+                    Some(job.job_id.clone()),
+                    Some(envelope.raw.clone()),
+                    None,
+                    failure,
+                    p.attempts,
+                    first_received_at.to_owned(),
+                ))
+            }
+            (None, Some(p)) => {
+                tracing::warn!(
+                    submission = p.submission,
+                    "No callback within providers.argos.callback_wait; submitting again"
+                );
+                None
+            }
+        }
+    }
+
+    /// What a callback for `pending` settles: the result (stored before it
+    /// is returned), a dead letter, or a trip on the delay ladder for a
+    /// transient failure. The caller publishes it, then clears the record.
+    pub async fn settle_callback(&self, pending: &PendingSubmission, body: &[u8]) -> Disposition {
+        let first = pending.first_received_at.clone();
+        let (job, envelope) = match parse_job(pending.job.get().as_bytes(), self.cfg.max_job_bytes)
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                return self.dead_letter(
+                    e.job_id,
+                    e.job,
+                    e.raw_body,
+                    Failure::new(
+                        FailureClass::Internal,
+                        format!("the pending record's job no longer parses ({})", e.message),
+                    ),
+                    pending.attempts,
+                    first,
+                );
+            }
+        };
+        let Some(provider) = self.providers.get(&pending.provider) else {
+            return self.dead_letter(
+                Some(job.job_id.clone()),
+                Some(envelope.raw),
+                None,
+                Failure::new(
+                    FailureClass::Internal,
+                    format!(
+                        "a callback came for {}, which this worker has no adapter configured for",
+                        pending.provider
+                    ),
+                ),
+                pending.attempts,
+                first,
+            );
+        };
+        let since = |rfc3339: &str| {
+            humantime::parse_rfc3339(rfc3339)
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        match provider.read_callback(body, &job.signals) {
+            Ok(assessment) => {
+                let result = self.result(
+                    &job,
+                    pending.provider,
+                    assessment,
+                    pending.image.clone(),
+                    pending.attempts,
+                    pending.fetch_ms,
+                    since(&pending.submitted_at),
+                    since(&pending.first_received_at),
+                );
+                self.store_outcome(
+                    &result,
+                    pending.back_image_sha256.clone(),
+                    pending.attempt_log.clone(),
+                )
+                .await;
+                Disposition::Publish(Box::new(result))
+            }
+            Err(e) if e.kind == ErrorKind::Rejected => {
+                let failure = Failure {
+                    provider: Some(pending.provider),
+                    vendor_code: e.vendor_code.clone(),
+                    http_status: e.http_status,
+                    ..Failure::new(
+                        FailureClass::VendorRejectedRequest,
+                        format!(
+                            "{} (by callback). The request will not succeed unchanged: check the image and the adapter, then replay",
+                            e.message
+                        ),
+                    )
+                };
+                self.dead_letter(
+                    Some(job.job_id.clone()),
+                    Some(envelope.raw),
+                    None,
+                    failure,
+                    pending.attempts,
+                    first,
+                )
+            }
+            Err(e) if (pending.ladder_step as usize) < self.cfg.ladder_len => {
+                Disposition::RetryLater {
+                    step: pending.ladder_step as usize,
+                    carried: Carried {
+                        attempts: pending.attempts,
+                        ladder_step: pending.ladder_step + 1,
+                        first_received_at: Some(first),
+                        callback_submissions: pending.submission,
+                        awaiting_callback: false,
+                    },
+                    reason: format!("{} (by callback)", e.message),
+                    check: job.check,
+                    provider: Some(pending.provider),
+                }
+            }
+            Err(e) => {
+                let failure = Failure {
+                    provider: Some(pending.provider),
+                    vendor_code: e.vendor_code.clone(),
+                    http_status: e.http_status,
+                    ..Failure::new(
+                        FailureClass::RetriesExhausted,
+                        format!(
+                            "transient failures outlasted the retry budget ({} delay steps, {} vendor attempts); \
+                             last error: {} (by callback). Replay the job once the cause is fixed",
+                            self.cfg.ladder_len, pending.attempts, e.message
+                        ),
+                    )
+                };
+                self.dead_letter(
+                    Some(job.job_id.clone()),
+                    Some(envelope.raw),
+                    None,
+                    failure,
+                    pending.attempts,
+                    first,
+                )
+            }
+        }
+    }
+
+    /// Removes a job's pending callback-mode record once its outcome is
+    /// published (best effort: a leftover record only makes a later wait
+    /// round re-publish the stored result).
+    pub async fn clear_pending(&self, job_id: &str) {
+        if let Some(store) = &self.outcomes
+            && let Err(e) = store.delete_pending(job_id).await
+        {
+            self.metrics.store_error("save");
+            tracing::warn!(error = %e, "Could not clear the pending callback record");
+        }
+    }
+
     /// The dead letter for a job whose processing crashed.
     pub fn internal_dead_letter(
         &self,
@@ -530,7 +939,7 @@ impl Pipeline {
         &self,
         job: &Job,
         started: Instant,
-        earlier_attempts: u32,
+        carried: &Carried,
         log: &mut Vec<AttemptRecord>,
     ) -> Result<Verified, Failed> {
         let provider_name = self
@@ -615,9 +1024,24 @@ impl Pipeline {
             back_image: back.as_ref(),
             metadata: job.metadata.as_deref(),
         };
+        // Argos callback mode: this submission's number and its callback URL.
+        let callback = self
+            .callbacks
+            .as_ref()
+            .filter(|_| provider.has_callback_mode(job.check))
+            .map(|cb| {
+                let submission = carried.callback_submissions + 1;
+                let url =
+                    crate::callbacks::callback_url(cb, provider_name, &job.job_id, submission);
+                (submission, url)
+            });
+        let call = match &callback {
+            Some((_, url)) => Call::Submit { callback_url: url },
+            None => Call::Verify,
+        };
         let vendor_started = Instant::now();
-        let assessment = self
-            .call_vendor(provider.as_ref(), &req, deadline, earlier_attempts, log)
+        let answer = self
+            .call_vendor(provider.as_ref(), &req, deadline, carried.attempts, log, call)
             .await
             .map_err(|e| {
                 let mut f = Failed::new(
@@ -642,6 +1066,19 @@ impl Pipeline {
                 f
             })?;
         let vendor_ms = vendor_started.elapsed().as_millis() as u64;
+        let assessment = match answer {
+            Submission::Answered(a) => a,
+            Submission::Accepted(vendor) => {
+                return Ok(Verified::Submitted {
+                    provider: provider_name,
+                    vendor,
+                    submission: callback.map_or(1, |(n, _)| n),
+                    image,
+                    back_sha256,
+                    fetch_ms,
+                });
+            }
+        };
         Ok(Verified::Fresh {
             assessment,
             provider: provider_name,
@@ -745,7 +1182,8 @@ impl Pipeline {
         deadline: Instant,
         earlier_attempts: u32,
         log: &mut Vec<AttemptRecord>,
-    ) -> Result<Assessment, VendorError> {
+        call: Call<'_>,
+    ) -> Result<Submission, VendorError> {
         let name = provider.name();
         let mut delays = self.backoff(deadline);
         let breaker = &self.breakers[&name];
@@ -778,7 +1216,15 @@ impl Pipeline {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let started_at = now_rfc3339();
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(remaining, provider.verify(req)).await {
+            let attempt_call = async {
+                match call {
+                    Call::Verify => provider.verify(req).await.map(Submission::Answered),
+                    Call::Submit { callback_url } => {
+                        provider.submit_for_callback(req, callback_url).await
+                    }
+                }
+            };
+            let outcome = match tokio::time::timeout(remaining, attempt_call).await {
                 Ok(r) => r,
                 Err(_) => Err(VendorError::transient(format!(
                     "{name} did not answer within the job deadline ({:?})",
@@ -803,7 +1249,10 @@ impl Pipeline {
                 outcome: label.into(),
                 http_status: outcome.as_ref().err().and_then(|e| e.http_status),
                 vendor_code: outcome.as_ref().err().and_then(|e| e.vendor_code.clone()),
-                vendor: outcome.as_ref().ok().map(|a| a.vendor.clone()),
+                vendor: outcome.as_ref().ok().map(|s| match s {
+                    Submission::Answered(a) => a.vendor.clone(),
+                    Submission::Accepted(refs) => refs.clone(),
+                }),
                 error: outcome.as_ref().err().map(|e| e.message.clone()),
                 worker: self.cfg.worker_id.clone(),
             });
@@ -855,11 +1304,11 @@ impl Pipeline {
         job: &Job,
         provider: ProviderName,
         a: Assessment,
-        image: Image,
+        image: ImageInfo,
         attempts: u32,
         fetch_ms: u64,
         vendor_ms: u64,
-        started: Instant,
+        total_ms: u64,
     ) -> LivenessResult {
         LivenessResult {
             schema: RESULT_SCHEMA.into(),
@@ -873,17 +1322,12 @@ impl Pipeline {
             reasons: a.reasons,
             warnings: a.warnings,
             vendor: a.vendor,
-            image: ImageInfo {
-                uri: image.uri,
-                bytes: image.bytes.len() as u64,
-                sha256: image.sha256,
-                content_type: image.content_type.into(),
-            },
+            image,
             attempts,
             timings_ms: Timings {
                 fetch: fetch_ms,
                 vendor: vendor_ms,
-                total: started.elapsed().as_millis() as u64,
+                total: total_ms,
             },
             completed_at: now_rfc3339(),
         }
@@ -909,6 +1353,15 @@ impl Pipeline {
             failed_at: now_rfc3339(),
             worker: self.cfg.worker_id.clone(),
         }))
+    }
+}
+
+fn image_info(image: &Image) -> ImageInfo {
+    ImageInfo {
+        uri: image.uri.clone(),
+        bytes: image.bytes.len() as u64,
+        sha256: image.sha256.clone(),
+        content_type: image.content_type.into(),
     }
 }
 

@@ -95,6 +95,7 @@ pub struct Metrics {
     publish_failures: Counter,
     outcomes_reused: Counter,
     store_errors: Family<Op, Counter>,
+    callbacks: Family<Outcome, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,6 +190,12 @@ impl Metrics {
             "Failed results-store operations (load, save, audit), each retried or reported",
             store_errors.clone(),
         );
+        let callbacks = Family::<Outcome, Counter>::default();
+        registry.register(
+            "callbacks",
+            "Vendor callbacks received (Argos callback mode), by outcome: accepted, duplicate, unknown, refused, failed",
+            callbacks.clone(),
+        );
         let m = Metrics {
             registry,
             jobs,
@@ -203,6 +210,7 @@ impl Metrics {
             publish_failures,
             outcomes_reused,
             store_errors,
+            callbacks,
         };
         for p in ProviderName::ALL {
             m.set_paused(p, false);
@@ -293,6 +301,10 @@ impl Metrics {
 
     pub fn outcome_reused(&self) {
         self.outcomes_reused.inc();
+    }
+
+    pub fn callback(&self, outcome: &'static str) {
+        self.callbacks.get_or_create(&Outcome { outcome }).inc();
     }
 
     pub fn store_error(&self, op: &'static str) {

@@ -4,8 +4,8 @@
 //! shutdown.
 
 use crate::broker::{self, Names, PublishError};
-use crate::config::Config;
-use crate::pipeline::{self, Carried, Disposition, Pipeline, PipelineConfig};
+use crate::config::{ArgosMode, Config};
+use crate::pipeline::{self, CallbackSettings, Carried, Disposition, Pipeline, PipelineConfig};
 use crate::providers::Provider;
 use crate::providers::argos::Argos;
 use crate::providers::didit::Didit;
@@ -71,6 +71,16 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
         providers,
         metrics,
     );
+    let argos = &cfg.providers.argos;
+    if argos.mode == ArgosMode::Callback && !argos.api_key.is_empty() {
+        pipeline = pipeline.with_callbacks(CallbackSettings {
+            public_url: argos.callback_public_url.clone(),
+            secret: argos.callback_secret.clone(),
+            token_ttl: argos.callback_token_ttl,
+            submissions: argos.callback_submissions,
+            wait: argos.callback_wait,
+        });
+    }
     match outcomes {
         Some(o) => {
             o.check().await?;
@@ -93,6 +103,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let names = Arc::new(Names::new(&cfg.broker));
+    // Argos callback mode: this replica receives callbacks for any job,
+    // until run returns.
+    let receiver_stop = CancellationToken::new();
+    let _stop_receiver = receiver_stop.clone().drop_guard();
+    if pipeline.callbacks().is_some() {
+        let listen: std::net::SocketAddr = cfg
+            .providers
+            .argos
+            .callback_listen
+            .parse()
+            .context("providers.argos.callback_listen")?;
+        let receiver = Arc::new(crate::callbacks::Receiver::new(
+            pipeline.clone(),
+            &cfg.broker,
+        ));
+        crate::callbacks::serve(listen, receiver, receiver_stop).await?;
+    }
     let mut reconnect_delay = Duration::from_millis(200);
     loop {
         if shutdown.is_cancelled() {
@@ -140,15 +167,21 @@ async fn session(
     let conn = broker::connect(&cfg.broker)
         .await
         .map_err(SessionError::Retry)?;
-    broker::declare_topology(&conn, &cfg.broker)
-        .await
-        .map_err(|e| {
-            if e.is::<broker::TopologyConflict>() {
-                SessionError::Fatal(e)
-            } else {
-                SessionError::Retry(e)
-            }
-        })?;
+    let declared = async {
+        broker::declare_topology(&conn, &cfg.broker).await?;
+        if pipeline.callbacks().is_some() {
+            broker::declare_callback_wait(&conn, &cfg.broker, cfg.providers.argos.callback_wait)
+                .await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    declared.await.map_err(|e| {
+        if e.is::<broker::TopologyConflict>() {
+            SessionError::Fatal(e)
+        } else {
+            SessionError::Retry(e)
+        }
+    })?;
     let publish_ch = broker::confirm_channel(&conn)
         .await
         .map_err(SessionError::Retry)?;
@@ -278,7 +311,10 @@ impl JobContext {
                 0
             };
             let carried = broker::carried(&properties);
-            let disposition = self.process_catching_panics(body.clone(), delivery_count, carried.clone()).await;
+            let corr = properties.correlation_id().as_ref().map(|c| c.to_string());
+            let disposition = self
+                .process_catching_panics(body.clone(), delivery_count, carried.clone(), corr)
+                .await;
             let label = disposition.label();
             match self.publish(&disposition, &body, &properties).await {
                 Ok(()) => {
@@ -289,6 +325,13 @@ impl JobContext {
                         tracing::warn!(error = %e, "Ack failed after a confirmed publish; the job will be redelivered");
                     } else {
                         tracing::info!(outcome = %label, "Job done");
+                    }
+                    // Back from the callback wait and now published: its
+                    // pending record has served its purpose.
+                    if carried.awaiting_callback
+                        && matches!(disposition, Disposition::Publish(_) | Disposition::DeadLetter(_))
+                    {
+                        self.pipeline.clear_pending(&job_id).await;
                     }
                 }
                 Err(e) => {
@@ -309,6 +352,7 @@ impl JobContext {
         body: Bytes,
         delivery_count: u32,
         carried: Carried,
+        corr: Option<String>,
     ) -> Disposition {
         let pipeline = self.pipeline.clone();
         let b = body.clone();
@@ -320,6 +364,7 @@ impl JobContext {
                     body: &b,
                     delivery_count,
                     carried: c,
+                    correlation_id: corr.as_deref(),
                 };
                 pipeline.process(&d).await
             }
@@ -353,49 +398,17 @@ impl JobContext {
         body: &Bytes,
         props: &BasicProperties,
     ) -> Result<(), PublishError> {
-        let corr = props.correlation_id().as_ref();
-        let (exchange, routing_key, payload, out_props): (&str, String, Vec<u8>, BasicProperties) =
-            match d {
-                Disposition::Publish(r) => (
-                    &self.names.results_exchange,
-                    r.routing_key(),
-                    serde_json::to_vec(r).expect("result serializes"),
-                    broker::json_props(Some(&r.job_id), corr),
-                ),
-                Disposition::DeadLetter(dl) => {
-                    let mut p = broker::json_props(dl.job_id.as_deref(), corr);
-                    let replays = broker::replay_headers(props);
-                    if !replays.inner().is_empty() {
-                        p = p.with_headers(replays);
-                    }
-                    (
-                        &self.names.dead_exchange,
-                        dl.failure.class.as_str().to_owned(),
-                        serde_json::to_vec(dl).expect("dead letter serializes"),
-                        p,
-                    )
-                }
-                Disposition::RetryLater {
-                    step,
-                    carried,
-                    reason,
-                    ..
-                } => {
-                    tracing::info!(step, reason = %reason, "Parking the job on the delay ladder");
-                    (
-                        "",
-                        self.names.retry_queues[*step].0.clone(),
-                        body.to_vec(),
-                        broker::ladder_props(props, carried),
-                    )
-                }
-            };
+        let Some(out) = broker::Outgoing::of(d, &self.names, body, props) else {
+            return Ok(());
+        };
+        let (exchange, routing_key, payload, out_props) =
+            (out.exchange, out.routing_key, out.payload, out.props);
         let mut tries = 0;
         loop {
             tries += 1;
             match broker::publish_confirmed(
                 &self.publish_ch,
-                exchange,
+                &exchange,
                 &routing_key,
                 &payload,
                 out_props.clone(),

@@ -5,19 +5,21 @@ use super::scenario::{self, Scenario, hash_score};
 use super::{Gate, Shared};
 use crate::domain::ProviderName;
 use crate::providers::argos::wire::{
-    API_TYPE_DOCUMENT, DocumentResponse, DocumentScores, ErrorFields, PipelineScore, error_message,
+    API_TYPE_DOCUMENT, Accepted, DocumentResponse, DocumentScores, ErrorFields, PipelineScore,
+    error_message,
 };
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value, json};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 const ENGINE_VERSION: &str = "id_liveness@3.4.2";
 const FACE_API_TYPE: &str = "id_live_face";
@@ -26,6 +28,134 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/modules/document", post(document))
         .route("/modules/liveness", post(face))
+        .route(
+            "/_admin/argos/callbacks",
+            put(admin_callbacks_put).get(admin_callbacks_get),
+        )
+}
+
+/// How the emulated ID Liveness delivers callbacks (`PUT
+/// /_admin/argos/callbacks`), for tests of the worker's async mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallbackSettings {
+    /// Wait before posting a callback.
+    pub delay_ms: u64,
+    /// Post every callback twice.
+    pub duplicate: bool,
+    /// Drop this many of the next callbacks (never post them).
+    pub drop_next: u32,
+    /// Drop every callback: the vendor never answers.
+    pub drop_all: bool,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            delay_ms: 200,
+            duplicate: false,
+            drop_next: 0,
+            drop_all: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct CallbackCounts {
+    /// Callbacks the receiver answered with 2xx.
+    delivered: u64,
+    /// Posted but answered otherwise, or not reachable.
+    failed: u64,
+    dropped: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Callbacks {
+    settings: Mutex<CallbackSettings>,
+    counts: Mutex<CallbackCounts>,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct CallbackSettingsUpdate {
+    delay_ms: Option<u64>,
+    duplicate: Option<bool>,
+    drop_next: Option<u32>,
+    drop_all: Option<bool>,
+}
+
+async fn admin_callbacks_put(
+    State(shared): State<Arc<Shared>>,
+    Json(u): Json<CallbackSettingsUpdate>,
+) -> Response {
+    let mut s = shared
+        .argos_callbacks
+        .settings
+        .lock()
+        .expect("emulator state lock");
+    if let Some(v) = u.delay_ms {
+        s.delay_ms = v;
+    }
+    if let Some(v) = u.duplicate {
+        s.duplicate = v;
+    }
+    if let Some(v) = u.drop_next {
+        s.drop_next = v;
+    }
+    if let Some(v) = u.drop_all {
+        s.drop_all = v;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn admin_callbacks_get(State(shared): State<Arc<Shared>>) -> Response {
+    let cb = &shared.argos_callbacks;
+    let settings = cb.settings.lock().expect("emulator state lock").clone();
+    let counts = cb.counts.lock().expect("emulator state lock").clone();
+    Json(json!({ "settings": settings, "counts": counts })).into_response()
+}
+
+/// Answers an asynchronous request: 201 now, the flat callback body posted
+/// to `url` later (or never, as the settings say).
+fn accept_async(shared: &Arc<Shared>, url: String, txn: &str, callback_body: Value) -> Response {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let cb = &shared.argos_callbacks;
+        let (settings, dropped) = {
+            let mut s = cb.settings.lock().expect("emulator state lock");
+            let dropped = s.drop_all || s.drop_next > 0;
+            s.drop_next = s.drop_next.saturating_sub(1);
+            (s.clone(), dropped)
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(settings.delay_ms)).await;
+        if dropped {
+            cb.counts.lock().expect("emulator state lock").dropped += 1;
+            return;
+        }
+        let times = if settings.duplicate { 2 } else { 1 };
+        for _ in 0..times {
+            let sent = cb
+                .http
+                .post(&url)
+                .timeout(std::time::Duration::from_secs(10))
+                .json(&callback_body)
+                .send()
+                .await;
+            let mut counts = cb.counts.lock().expect("emulator state lock");
+            match sent {
+                Ok(r) if r.status().is_success() => counts.delivered += 1,
+                _ => counts.failed += 1,
+            }
+        }
+    });
+    (
+        StatusCode::CREATED,
+        Json(Accepted {
+            transaction_id: txn.to_owned(),
+            engine_version: Some(ENGINE_VERSION.into()),
+            message: "request has been successfully received. The response will be sent to your callback URL".into(),
+        }),
+    )
+        .into_response()
 }
 
 fn transaction_id() -> String {
@@ -173,6 +303,21 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => {}
         Some(_) => return document_error(StatusCode::BAD_REQUEST, 1008, None, &txn),
     }
+    // Asynchronous mode: answer 201, post the result to this URL later.
+    let callback = match req.get("callbackUrl") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+            Some(u.clone())
+        }
+        Some(_) => {
+            return document_error(
+                StatusCode::BAD_REQUEST,
+                1010,
+                Some("callbackUrl must be an http(s) URL".into()),
+                &txn,
+            );
+        }
+    };
     let Some(sub) = submitted else {
         // Not base64, or not an image we could read.
         return document_error(StatusCode::BAD_REQUEST, 1003, None, &txn);
@@ -183,6 +328,15 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         None => Scenario::default(),
     };
     if let Some(code) = scenario_error(&scenario, sub.earlier) {
+        // The processing failures the callback page lists come by callback,
+        // flat with a numeric code; the others are answered at once.
+        if let (Some(url), 1003 | 1009) = (&callback, code) {
+            let body = json!({
+                "statusCode": 400, "apiType": API_TYPE_DOCUMENT, "transactionId": txn,
+                "errorCode": code, "message": error_message(code),
+            });
+            return accept_async(&shared, url.clone(), &txn, body);
+        }
         return document_error(StatusCode::BAD_REQUEST, code, None, &txn);
     }
     let skipped = |name: &str| scenario.not_performed.iter().any(|n| n == name);
@@ -194,7 +348,7 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     let resp = DocumentResponse {
         status_code: None,
         api_type: Some(API_TYPE_DOCUMENT.into()),
-        transaction_id: Some(txn),
+        transaction_id: Some(txn.clone()),
         engine_version: Some(ENGINE_VERSION.into()),
         result: DocumentScores {
             screen_replay: score(sr, "screen_replay", scenario.screen_replay, 0),
@@ -207,7 +361,17 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             ),
         },
     };
-    (StatusCode::OK, Json(resp)).into_response()
+    match callback {
+        Some(url) => {
+            let body = serde_json::to_value(DocumentResponse {
+                status_code: Some(200),
+                ..resp
+            })
+            .expect("response serializes");
+            accept_async(&shared, url, &txn, body)
+        }
+        None => (StatusCode::OK, Json(resp)).into_response(),
+    }
 }
 
 async fn face(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {

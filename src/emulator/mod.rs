@@ -286,6 +286,7 @@ async fn close_unanswered<T>() -> T {
 pub(crate) struct Shared {
     vendors: Mutex<HashMap<ProviderName, VendorState>>,
     intellicheck: intellicheck::Emu,
+    argos_callbacks: argos::Callbacks,
 }
 
 impl Shared {
@@ -385,6 +386,8 @@ pub struct Emulator {
 impl Emulator {
     pub async fn start(cfg: EmulatorConfig) -> anyhow::Result<Emulator> {
         cfg.faults.validate().map_err(anyhow::Error::msg)?;
+        // Argos callbacks are posted with an HTTP client.
+        crate::install_crypto_provider();
         let shared = Arc::new(Shared {
             vendors: Mutex::new(
                 [
@@ -406,6 +409,7 @@ impl Emulator {
                 })
                 .collect(),
             ),
+            argos_callbacks: argos::Callbacks::default(),
             intellicheck: intellicheck::Emu::new(
                 &cfg.intellicheck_customer_id,
                 cfg.intellicheck_processing,

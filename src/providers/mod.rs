@@ -6,7 +6,7 @@ pub mod argos;
 pub mod didit;
 pub mod intellicheck;
 
-use crate::domain::assessment::Assessment;
+use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::{Check, ProviderName, SignalName};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -143,6 +143,51 @@ pub trait Provider: Send + Sync + 'static {
     /// One verification attempt. A vendor that could not analyse the image
     /// answers `Ok` with an inconclusive assessment: that is a result.
     async fn verify(&self, req: &VendorRequest<'_>) -> Result<Assessment, VendorError>;
+
+    /// Whether [`Provider::submit_for_callback`] works for this check.
+    fn has_callback_mode(&self, _check: Check) -> bool {
+        false
+    }
+
+    /// One submission in asynchronous mode: the vendor will post its answer
+    /// to `callback_url`. It may still answer at once (e.g. "could not
+    /// analyse"), hence [`Submission::Answered`].
+    async fn submit_for_callback(
+        &self,
+        _req: &VendorRequest<'_>,
+        _callback_url: &str,
+    ) -> Result<Submission, VendorError> {
+        Err(no_async_mode(self.name()))
+    }
+
+    /// Reads a callback the vendor posted for a submission of this check.
+    fn read_callback(
+        &self,
+        _body: &[u8],
+        _requested: &[SignalName],
+    ) -> Result<Assessment, VendorError> {
+        Err(no_async_mode(self.name()))
+    }
+}
+
+fn no_async_mode(vendor: ProviderName) -> VendorError {
+    VendorError {
+        kind: ErrorKind::Rejected,
+        message: format!("{vendor} has no asynchronous mode"),
+        vendor_code: None,
+        http_status: None,
+        retry_after: None,
+    }
+}
+
+/// What an asynchronous submission got back (see
+/// [`Provider::submit_for_callback`]).
+#[derive(Debug, Clone)]
+pub enum Submission {
+    /// Accepted: the answer comes by callback.
+    Accepted(VendorRefs),
+    /// The vendor answered at once after all.
+    Answered(Assessment),
 }
 
 /// How long the vendor asked us to wait: `Retry-After` in seconds (the

@@ -3,7 +3,9 @@
 pub mod outcomes;
 mod s3;
 
-pub use outcomes::{AttemptLog, AttemptRecord, OutcomeError, OutcomeStore, StoredOutcome};
+pub use outcomes::{
+    AttemptLog, AttemptRecord, OutcomeError, OutcomeStore, PendingSubmission, StoredOutcome,
+};
 pub use s3::{ListedObject, S3Outcomes, S3Store};
 
 use crate::domain::job::S3Uri;

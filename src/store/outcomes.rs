@@ -7,7 +7,9 @@
 //! - `outcomes/<job_id>.json`: a [`StoredOutcome`];
 //! - `attempts/<job_id>/<first>-<last>.json`: an [`AttemptLog`] for each
 //!   delivery that called the vendor without producing an outcome (the
-//!   outcome record itself carries the attempts of the delivery that did).
+//!   outcome record itself carries the attempts of the delivery that did);
+//! - `pending/<job_id>.json`: a [`PendingSubmission`] while a vendor works
+//!   on the job asynchronously (Argos callback mode).
 
 use crate::domain::ProviderName;
 use crate::domain::assessment::VendorRefs;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub const OUTCOME_SCHEMA: &str = "liveness.outcome.v1";
 pub const ATTEMPTS_SCHEMA: &str = "liveness.attempts.v1";
+pub const PENDING_SCHEMA: &str = "liveness.pending.v1";
 
 /// What the store keeps about a job that got a verdict.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +82,39 @@ pub struct AttemptLog {
     pub attempts: Vec<AttemptRecord>,
 }
 
+/// A job submitted in callback mode, waiting for the vendor's callback:
+/// everything the callback receiver (on any replica) needs to publish the
+/// result without the original delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingSubmission {
+    pub schema: String,
+    pub job_id: String,
+    /// The job as the producer sent it.
+    pub job: Box<serde_json::value::RawValue>,
+    /// The AMQP correlation_id of the job, copied onto the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    pub provider: ProviderName,
+    /// This submission's number (1 = the first).
+    pub submission: u32,
+    /// Vendor attempts made for the job, this submission included.
+    pub attempts: u32,
+    /// Delay-ladder steps already used (for a transient error by callback).
+    pub ladder_step: u32,
+    /// RFC 3339.
+    pub first_received_at: String,
+    /// RFC 3339.
+    pub submitted_at: String,
+    pub image: crate::domain::result::ImageInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_image_sha256: Option<String>,
+    pub fetch_ms: u64,
+    /// The vendor's references from its acceptance.
+    pub vendor: VendorRefs,
+    /// The attempts of the delivery that made this submission.
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutcomeError {
     /// Worth retrying: the store could not be reached or answered an error.
@@ -95,6 +131,9 @@ pub trait OutcomeStore: Send + Sync + 'static {
     async fn load(&self, job_id: &str) -> Result<Option<StoredOutcome>, OutcomeError>;
     async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError>;
     async fn save_attempts(&self, log: &AttemptLog) -> Result<(), OutcomeError>;
+    async fn load_pending(&self, job_id: &str) -> Result<Option<PendingSubmission>, OutcomeError>;
+    async fn save_pending(&self, pending: &PendingSubmission) -> Result<(), OutcomeError>;
+    async fn delete_pending(&self, job_id: &str) -> Result<(), OutcomeError>;
     /// Where a job's outcome lives, for messages (`s3://...`).
     fn location(&self, job_id: &str) -> String;
 }
@@ -103,6 +142,10 @@ pub trait OutcomeStore: Send + Sync + 'static {
 /// store (operators, tests).
 pub fn outcome_key(prefix: &str, job_id: &str) -> String {
     format!("{prefix}outcomes/{job_id}.json")
+}
+
+pub fn pending_key(prefix: &str, job_id: &str) -> String {
+    format!("{prefix}pending/{job_id}.json")
 }
 
 pub fn attempts_key(prefix: &str, job_id: &str, first: u32, last: u32) -> String {

@@ -1,6 +1,8 @@
 //! S3 (or any S3-compatible server) through the AWS SDK.
 
-use super::outcomes::{attempts_key, outcome_key};
+use super::outcomes::{
+    OUTCOME_SCHEMA, PENDING_SCHEMA, PendingSubmission, attempts_key, outcome_key, pending_key,
+};
 use super::{AttemptLog, FetchError, ImageStore, OutcomeError, OutcomeStore, StoredOutcome};
 use crate::config::S3Config;
 use crate::domain::job::S3Uri;
@@ -242,6 +244,45 @@ pub struct S3Outcomes {
 }
 
 impl S3Outcomes {
+    /// A JSON record, None when there is none.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        schema: &str,
+    ) -> Result<Option<T>, OutcomeError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(s)) if s.err().code() == Some("NoSuchKey") => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(OutcomeError::Unavailable(format!(
+                    "could not read the results store at s3://{}/{key}: {}",
+                    self.bucket,
+                    describe(&e)
+                )));
+            }
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            OutcomeError::Unavailable(format!("reading s3://{}/{key} failed: {e}", self.bucket))
+        })?;
+        serde_json::from_slice(&body.into_bytes())
+            .map(Some)
+            .map_err(|e| {
+                OutcomeError::Corrupt(format!(
+                    "s3://{}/{key} is not a readable {schema} record ({e})",
+                    self.bucket
+                ))
+            })
+    }
+
     /// Start-up check: a missing bucket is a configuration error (every job
     /// would wait on the ladder for it); an unreachable S3 is only logged,
     /// since the worker rides out S3 outages.
@@ -284,39 +325,8 @@ impl S3Outcomes {
 #[async_trait]
 impl OutcomeStore for S3Outcomes {
     async fn load(&self, job_id: &str) -> Result<Option<StoredOutcome>, OutcomeError> {
-        let key = outcome_key(&self.prefix, job_id);
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
+        self.get_json(&outcome_key(&self.prefix, job_id), OUTCOME_SCHEMA)
             .await
-        {
-            Ok(out) => out,
-            Err(SdkError::ServiceError(s)) if s.err().code() == Some("NoSuchKey") => {
-                return Ok(None);
-            }
-            Err(e) => {
-                return Err(OutcomeError::Unavailable(format!(
-                    "could not read the results store at s3://{}/{key}: {}",
-                    self.bucket,
-                    describe(&e)
-                )));
-            }
-        };
-        let body = out.body.collect().await.map_err(|e| {
-            OutcomeError::Unavailable(format!("reading s3://{}/{key} failed: {e}", self.bucket))
-        })?;
-        serde_json::from_slice(&body.into_bytes())
-            .map(Some)
-            .map_err(|e| {
-                OutcomeError::Corrupt(format!(
-                    "the stored outcome s3://{}/{key} is not a readable {} record ({e})",
-                    self.bucket,
-                    super::outcomes::OUTCOME_SCHEMA
-                ))
-            })
     }
 
     async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError> {
@@ -335,6 +345,35 @@ impl OutcomeStore for S3Outcomes {
             serde_json::to_vec(log).expect("attempt log serializes"),
         )
         .await
+    }
+
+    async fn load_pending(&self, job_id: &str) -> Result<Option<PendingSubmission>, OutcomeError> {
+        self.get_json(&pending_key(&self.prefix, job_id), PENDING_SCHEMA)
+            .await
+    }
+
+    async fn save_pending(&self, pending: &PendingSubmission) -> Result<(), OutcomeError> {
+        let body = serde_json::to_vec(pending).expect("pending record serializes");
+        self.put_json(&pending_key(&self.prefix, &pending.job_id), body)
+            .await
+    }
+
+    async fn delete_pending(&self, job_id: &str) -> Result<(), OutcomeError> {
+        let key = pending_key(&self.prefix, job_id);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| {
+                OutcomeError::Unavailable(format!(
+                    "could not delete s3://{}/{key}: {}",
+                    self.bucket,
+                    describe(&e)
+                ))
+            })?;
+        Ok(())
     }
 
     fn location(&self, job_id: &str) -> String {

@@ -336,18 +336,38 @@ impl TestEnv {
 
     /// The job's record in the results store, if any.
     pub async fn stored_outcome(&self, job_id: &str) -> Option<Value> {
-        let key = liveness_worker::store::outcomes::outcome_key(&self.cfg.results.prefix, job_id);
+        self.results_record(&liveness_worker::store::outcomes::outcome_key(
+            &self.cfg.results.prefix,
+            job_id,
+        ))
+        .await
+    }
+
+    /// The job's pending callback-mode record, if any.
+    pub async fn pending_record(&self, job_id: &str) -> Option<Value> {
+        self.results_record(&liveness_worker::store::outcomes::pending_key(
+            &self.cfg.results.prefix,
+            job_id,
+        ))
+        .await
+    }
+
+    async fn results_record(&self, key: &str) -> Option<Value> {
         let out = self
             .store
             .client()
             .get_object()
             .bucket(&self.cfg.results.bucket)
-            .key(&key)
+            .key(key)
             .send()
             .await
             .ok()?;
-        let body = out.body.collect().await.expect("read stored outcome");
-        Some(serde_json::from_slice(&body.into_bytes()).expect("stored outcome is JSON"))
+        let body = out
+            .body
+            .collect()
+            .await
+            .expect("read a results-store record");
+        Some(serde_json::from_slice(&body.into_bytes()).expect("results-store records are JSON"))
     }
 
     /// The job's audit records of deliveries without an outcome, in order.
@@ -408,6 +428,7 @@ impl TestEnv {
         ];
         queues.extend(self.names.results_queue.clone());
         queues.extend(self.names.retry_queues.iter().map(|(q, _)| q.clone()));
+        queues.push(self.names.callback_wait_queue.clone());
         for q in queues {
             let _ = self
                 .ch

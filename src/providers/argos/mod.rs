@@ -5,15 +5,15 @@ pub mod normalize;
 pub mod wire;
 
 use crate::config::ArgosConfig;
-use crate::domain::assessment::Assessment;
+use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::{Check, ProviderName, SignalName};
-use crate::providers::{Provider, VendorError, VendorRequest, retry_after};
+use crate::providers::{Provider, Submission, VendorError, VendorRequest, retry_after};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
 use normalize::Bands;
 use std::time::Duration;
-use wire::{DocumentRequestTail, DocumentResponse, FaceResponse, Pipelines};
+use wire::{Accepted, DocumentRequestTail, DocumentResponse, FaceResponse, Pipelines};
 
 pub struct Argos {
     http: reqwest::Client,
@@ -48,7 +48,12 @@ impl Argos {
         })
     }
 
-    fn document_body(&self, image: &[u8], signals: &[SignalName]) -> Vec<u8> {
+    fn document_body(
+        &self,
+        image: &[u8],
+        signals: &[SignalName],
+        callback_url: Option<&str>,
+    ) -> Vec<u8> {
         let tail = serde_json::to_vec(&DocumentRequestTail {
             pipelines: Pipelines {
                 sr: signals.contains(&SignalName::ScreenReplay),
@@ -56,7 +61,7 @@ impl Argos {
                 ps: signals.contains(&SignalName::PortraitSubstitution),
             },
             use_upcoming_version: self.use_upcoming_version,
-            callback_url: None,
+            callback_url,
         })
         .expect("plain struct serializes");
         json_with_base64_field("idImage", image, &tail[1..])
@@ -120,7 +125,7 @@ impl Provider for Argos {
     async fn verify(&self, req: &VendorRequest<'_>) -> Result<Assessment, VendorError> {
         match req.check {
             Check::Document => {
-                let body = self.document_body(&req.image.bytes, req.signals);
+                let body = self.document_body(&req.image.bytes, req.signals, None);
                 let (status, retry_after, bytes) = self.post(&self.document_url, body).await?;
                 match status {
                     200 => {
@@ -154,6 +159,69 @@ impl Provider for Argos {
                 }
             }
         }
+    }
+
+    fn has_callback_mode(&self, check: Check) -> bool {
+        check == Check::Document
+    }
+
+    async fn submit_for_callback(
+        &self,
+        req: &VendorRequest<'_>,
+        callback_url: &str,
+    ) -> Result<Submission, VendorError> {
+        let body = self.document_body(&req.image.bytes, req.signals, Some(callback_url));
+        let (status, retry_after, bytes) = self.post(&self.document_url, body).await?;
+        match status {
+            201 => {
+                let accepted: Accepted = serde_json::from_slice(&bytes).map_err(|e| {
+                    VendorError::transient(format!(
+                        "argos answered 201 with a body we cannot read: {e}"
+                    ))
+                })?;
+                Ok(Submission::Accepted(VendorRefs {
+                    transaction_id: Some(accepted.transaction_id),
+                    request_id: None,
+                    engine_version: accepted.engine_version,
+                }))
+            }
+            200 => {
+                let parsed: DocumentResponse = serde_json::from_slice(&bytes).map_err(|e| {
+                    VendorError::transient(format!(
+                        "argos answered 200 with a body we cannot read: {e}"
+                    ))
+                })?;
+                normalize::document(&parsed, req.signals, &self.document_bands)
+                    .map(Submission::Answered)
+            }
+            _ => normalize::error_response(status, &bytes, retry_after, req.signals)
+                .map(Submission::Answered),
+        }
+    }
+
+    fn read_callback(
+        &self,
+        body: &[u8],
+        requested: &[SignalName],
+    ) -> Result<Assessment, VendorError> {
+        // Success and error callbacks are both flat; only a success has `result`.
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            VendorError::transient(format!("argos posted a callback that is not JSON: {e}"))
+        })?;
+        if v.get("result").is_some() {
+            let parsed: DocumentResponse = serde_json::from_value(v).map_err(|e| {
+                VendorError::transient(format!(
+                    "argos posted a success callback we cannot read: {e}"
+                ))
+            })?;
+            return normalize::document(&parsed, requested, &self.document_bands);
+        }
+        let status = v
+            .get("statusCode")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(400);
+        normalize::error_response(status, body, None, requested)
     }
 }
 
