@@ -25,7 +25,7 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hmac::{Hmac, Mac};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use sha2::Sha256;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -301,13 +301,8 @@ async fn settle(r: &Receiver, job_id: &str, body: &[u8]) -> Response {
     if let Some(c) = &pending.correlation_id {
         props = props.with_correlation_id(c.as_str().into());
     }
-    let job_props: BasicProperties = props;
-    let Some(out) = Outgoing::of(
-        &disposition,
-        &r.names,
-        pending.job.get().as_bytes(),
-        &job_props,
-    ) else {
+    let Some(out) = Outgoing::of(&disposition, &r.names, pending.job.get().as_bytes(), &props)
+    else {
         return (StatusCode::OK, "settled").into_response();
     };
     if let Err(e) = r.publisher.publish(&out).await {

@@ -452,17 +452,40 @@ impl Pipeline {
                     };
                 }
                 // Without a pending record no replica can accept the
-                // callback: wait it out on the ladder, then submit again.
-                Disposition::RetryLater {
-                    step: 0,
-                    carried: Carried {
-                        awaiting_callback: false,
-                        ..carried
-                    },
-                    reason: "the pending submission could not be recorded in the results store"
-                        .into(),
-                    check: job.check,
-                    provider: Some(provider),
+                // callback: climb the ladder and submit again later, within
+                // the retry budget like any transient failure.
+                let reason = format!(
+                    "{provider} accepted the job, but the pending submission could not be recorded in the results store \
+                     within results.store_timeout, so its callback cannot be accepted"
+                );
+                if (d.carried.ladder_step as usize) < self.cfg.ladder_len {
+                    Disposition::RetryLater {
+                        step: d.carried.ladder_step as usize,
+                        carried: Carried {
+                            ladder_step: d.carried.ladder_step + 1,
+                            awaiting_callback: false,
+                            ..carried
+                        },
+                        reason,
+                        check: job.check,
+                        provider: Some(provider),
+                    }
+                } else {
+                    let failure = Failure {
+                        provider: Some(provider),
+                        ..Failure::new(
+                            FailureClass::RetriesExhausted,
+                            format!("{reason}. Check the results store, then replay the job"),
+                        )
+                    };
+                    self.dead_letter(
+                        Some(job.job_id.clone()),
+                        Some(envelope.raw.clone()),
+                        None,
+                        failure,
+                        attempts,
+                        first_received_at.clone(),
+                    )
                 }
             }
             Ok(Verified::Fresh {
@@ -908,7 +931,7 @@ impl Pipeline {
         if let Some(store) = &self.outcomes
             && let Err(e) = store.delete_pending(job_id).await
         {
-            self.metrics.store_error("save");
+            self.metrics.store_error("delete");
             tracing::warn!(error = %e, "Could not clear the pending callback record");
         }
     }
