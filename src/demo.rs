@@ -39,6 +39,8 @@ pub struct DemoArgs {
 struct Sample {
     name: &'static str,
     check: &'static str,
+    /// None: the configured default (Argos).
+    provider: Option<&'static str>,
     scenario: Option<&'static str>,
     jpeg: bool,
 }
@@ -47,42 +49,49 @@ const SAMPLES: &[Sample] = &[
     Sample {
         name: "doc-live",
         check: "document",
+        provider: None,
         scenario: Some(r#"{"screen_replay":96,"printed_copy":88,"portrait_substitution":92}"#),
         jpeg: false,
     },
     Sample {
         name: "doc-live-jpeg",
         check: "document",
+        provider: None,
         scenario: Some(r#"{"screen_replay":85,"printed_copy":79,"portrait_substitution":99}"#),
         jpeg: true,
     },
     Sample {
         name: "doc-review",
         check: "document",
+        provider: None,
         scenario: Some(r#"{"screen_replay":52,"printed_copy":80,"portrait_substitution":90}"#),
         jpeg: false,
     },
     Sample {
         name: "doc-screen-replay",
         check: "document",
+        provider: None,
         scenario: Some(r#"{"screen_replay":12}"#),
         jpeg: false,
     },
     Sample {
         name: "doc-printed-copy",
         check: "document",
+        provider: None,
         scenario: Some(r#"{"printed_copy":22,"screen_replay":90}"#),
         jpeg: true,
     },
     Sample {
         name: "doc-unreadable",
         check: "document",
+        provider: None,
         scenario: Some(r#"{"error":1009}"#),
         jpeg: false,
     },
     Sample {
         name: "doc-flaky-vendor",
         check: "document",
+        provider: None,
         scenario: Some(
             r#"{"error":1003,"error_times":1,"screen_replay":91,"printed_copy":91,"portrait_substitution":91}"#,
         ),
@@ -91,25 +100,64 @@ const SAMPLES: &[Sample] = &[
     Sample {
         name: "doc-hash-scored",
         check: "document",
+        provider: None,
         scenario: None,
         jpeg: false,
     },
     Sample {
         name: "face-live",
         check: "face",
+        provider: None,
         scenario: Some(r#"{"face":93}"#),
         jpeg: true,
     },
     Sample {
         name: "face-spoof",
         check: "face",
+        provider: None,
         scenario: Some(r#"{"face":8}"#),
         jpeg: false,
     },
     Sample {
         name: "face-no-face",
         check: "face",
+        provider: None,
         scenario: Some(r#"{"no_face":true}"#),
+        jpeg: false,
+    },
+    Sample {
+        name: "ic-doc-live-two-sides",
+        check: "document",
+        provider: Some("intellicheck"),
+        scenario: Some(r#"{"screen_replay":93,"printed_copy":88,"portrait_substitution":97}"#),
+        jpeg: false,
+    },
+    Sample {
+        name: "ic-doc-printed-copy",
+        check: "document",
+        provider: Some("intellicheck"),
+        scenario: Some(r#"{"screen_replay":90,"printed_copy":12,"portrait_substitution":95}"#),
+        jpeg: true,
+    },
+    Sample {
+        name: "didit-face-live",
+        check: "face",
+        provider: Some("didit"),
+        scenario: Some(r#"{"face":91}"#),
+        jpeg: true,
+    },
+    Sample {
+        name: "didit-face-low-quality",
+        check: "face",
+        provider: Some("didit"),
+        scenario: Some(r#"{"face":84,"warnings":["LOW_FACE_QUALITY"]}"#),
+        jpeg: false,
+    },
+    Sample {
+        name: "didit-face-attack",
+        check: "face",
+        provider: Some("didit"),
+        scenario: Some(r#"{"face":12}"#),
         jpeg: false,
     },
 ];
@@ -141,7 +189,15 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
     // Outcomes of this run only: a second demo pays (the emulator) again.
     cfg.results.prefix = format!("demo/{run_id}/");
     cfg.providers.argos.base_url = format!("{}/modules", emulator.base_url());
-    cfg.providers.argos.api_key = crate::config::Secret::new(api_key);
+    cfg.providers.argos.api_key = crate::config::Secret::new(api_key.clone());
+    // The emulator's Intellicheck and Didit take the same key.
+    let ic = &mut cfg.providers.intellicheck;
+    ic.base_url = emulator.base_url();
+    ic.customer_id = "local-customer".into();
+    ic.signing_key = crate::config::Secret::new(api_key.clone());
+    ic.poll_initial_interval = Duration::from_millis(50);
+    cfg.providers.didit.base_url = emulator.base_url();
+    cfg.providers.didit.api_key = crate::config::Secret::new(api_key);
     cfg.validate()?;
     let names = Names::new(&cfg.broker);
 
@@ -210,11 +266,18 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
                 b"{\"schema\":\"liveness.job.v1\",\"job_id\":".to_vec()
             }
             _ => {
-                let s = &SAMPLES[n % SAMPLES.len()];
-                json!({"schema":"liveness.job.v1","job_id":id,"check":s.check,"image":uris[n % SAMPLES.len()],
-                       "metadata":{"sample":s.name}})
-                .to_string()
-                .into()
+                let i = n % SAMPLES.len();
+                let s = &SAMPLES[i];
+                let mut job = json!({"schema":"liveness.job.v1","job_id":id,"check":s.check,"image":uris[i],
+                       "metadata":{"sample":s.name}});
+                if let Some(p) = s.provider {
+                    job["provider"] = json!(p);
+                }
+                // Intellicheck scores both sides of a document.
+                if s.provider == Some("intellicheck") {
+                    job["back_image"] = json!(uris[0]);
+                }
+                job.to_string().into()
             }
         };
         published.insert(id.clone(), Instant::now());
@@ -278,7 +341,8 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
                 if queue == &results_queue {
                     *verdicts
                         .entry(format!(
-                            "{}.{}",
+                            "{:<13} {}.{}",
+                            v["provider"].as_str().unwrap_or("?"),
                             v["check"].as_str().unwrap_or("?"),
                             v["verdict"].as_str().unwrap_or("?")
                         ))
@@ -327,14 +391,18 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("end-to-end latency {}", percentiles(&mut latencies));
     println!("vendor call time   {}", percentiles(&mut vendor_ms));
+    let submissions: u64 = ["argos", "intellicheck", "didit"]
+        .iter()
+        .map(|v| calls[v]["submissions"].as_u64().unwrap_or(0))
+        .sum();
     println!(
-        "vendor attempts    {attempts} for {results} results; emulator counted {} submissions",
-        calls["argos"]["submissions"]
+        "vendor attempts    {attempts} for {results} results; the emulator counted {submissions} image submissions \
+         (an Intellicheck attempt submits front and back)"
     );
     println!();
-    println!("results by routing key:");
+    println!("results by vendor and routing key:");
     for (k, n) in &verdicts {
-        println!("  {k:<24} {n:>5}");
+        println!("  {k:<38} {n:>5}");
     }
     println!("dead letters by failure class (with the first message seen):");
     for (k, (n, msg)) in &classes {
