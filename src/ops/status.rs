@@ -25,10 +25,10 @@ pub struct StatusArgs {
 /// One queue's figures.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QueueStatus {
-    /// jobs, retry, results, dead or poison.
+    /// jobs, retry, results, dead, poison, or waiting (Argos callback mode).
     pub role: &'static str,
     pub name: String,
-    /// For retry queues: the ladder delay, e.g. "30s".
+    /// For retry queues the ladder delay, e.g. "30s"; for waiting the callback wait.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<String>,
     pub exists: bool,
@@ -108,6 +108,14 @@ pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
     }
     wanted.push(("dead", n.dead_queue.clone(), None));
     wanted.push(("poison", n.poison_queue.clone(), None));
+    if cfg.providers.argos.mode == crate::config::ArgosMode::Callback {
+        // Jobs the vendor works on asynchronously, each until its callback
+        // or the wait runs out.
+        let wait = humantime::format_duration(cfg.providers.argos.callback_wait)
+            .to_string()
+            .replace(' ', "");
+        wanted.push(("waiting", n.callback_wait_queue.clone(), Some(wait)));
+    }
     let mut queues = Vec::new();
     for (role, name, delay) in wanted {
         let info = queue_info(&conn, &name).await?;

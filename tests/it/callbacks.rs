@@ -322,6 +322,27 @@ async fn a_dropped_callback_is_submitted_again_then_given_up() {
         )
         .await;
     t.publish(&t.job("never", "document", &never)).await;
+    // `status` shows the jobs waiting for their callback.
+    wait_for("the job waiting for its callback", 10, async || {
+        t.depth(&t.names.callback_wait_queue.clone()).await == 1
+    })
+    .await;
+    let s = liveness_worker::ops::status::status(&t.cfg, 100)
+        .await
+        .unwrap();
+    let waiting = s
+        .queues
+        .iter()
+        .find(|q| q.role == "waiting")
+        .expect("waiting row");
+    assert_eq!(
+        (
+            waiting.name.as_str(),
+            waiting.ready,
+            waiting.delay.as_deref()
+        ),
+        (t.names.callback_wait_queue.as_str(), 1, Some("1s500ms"))
+    );
     let d = t.dead_letters(1).await.remove("never").unwrap().2;
     assert_eq!(d["failure"]["class"], "retries_exhausted");
     assert_eq!(d["failure"]["provider"], "argos");
