@@ -334,7 +334,12 @@ async fn a_dropped_callback_is_submitted_again_then_given_up() {
         .queues
         .iter()
         .find(|q| q.role == "waiting")
-        .expect("waiting row");
+        .unwrap_or_else(|| {
+            panic!(
+                "no waiting row: {:?}",
+                s.queues.iter().map(|q| q.role).collect::<Vec<_>>()
+            )
+        });
     assert_eq!(
         (
             waiting.name.as_str(),
