@@ -937,3 +937,37 @@ async fn intellicheck_adapter_response_signature_policies() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intellicheck_rate_limit_is_waited_out_within_the_transaction() {
+    let t = TestEnv::start("ic-ratelimit", "").await;
+    // Each flow is six or more requests; two flows at once against six
+    // requests per second meet 429s (with Retry-After) on their way.
+    let r = reqwest::Client::new()
+        .put(format!("{}/_admin/faults", t.emulator.base_url()))
+        .json(&json!({"vendor": "intellicheck", "rate_limit_per_minute": 6, "rate_limit_window_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let scores = r#"{"screen_replay":95,"printed_copy":95,"portrait_substitution":95}"#;
+    for i in 0..2 {
+        let uri = t
+            .upload(
+                &format!("rl{i}.png"),
+                samples::png(90 + i, 2000, Some(scores)),
+            )
+            .await;
+        t.publish(&intellicheck_job(&t, &format!("ic-rl-{i}"), &uri))
+            .await;
+    }
+    let results = t.results(2).await;
+    assert!(results.values().all(|(_, _, r)| r["verdict"] == "live"));
+    let calls = t.calls().await;
+    assert!(
+        calls["intellicheck"]["rate_limited"].as_u64().unwrap() >= 1,
+        "the limit was hit: {calls}"
+    );
+    assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    t.finish().await;
+}

@@ -73,7 +73,7 @@ impl Intellicheck {
 
     /// One signed POST. Non-2xx answers, unreadable bodies and responses
     /// whose signature does not verify are errors.
-    async fn call(&self, path: &str, payload: Vec<u8>) -> Result<Answer, VendorError> {
+    async fn call(&self, path: &str, payload: bytes::Bytes) -> Result<Answer, VendorError> {
         let key = self.signing_key.expose().as_bytes();
         let mut signature = reqwest::header::HeaderValue::from_str(&wire::signature(key, &payload))
             .expect("hex is a valid header value");
@@ -131,9 +131,34 @@ impl Intellicheck {
         Ok(Answer { status, envelope })
     }
 
-    /// A step whose answer may only say `success: false`.
+    /// A step whose answer may only say `success: false`. A 429 on a step
+    /// that carries no image (start, end, get-results) is waited out and the
+    /// step repeated within the transaction, as the vendor asks: restarting
+    /// the whole flow would make it longer than a tight rate limit allows.
+    /// A 429 on an image submission fails the attempt (a submission counts).
     async fn step(&self, path: &str, payload: Vec<u8>, txn: &str) -> Result<Answer, VendorError> {
-        let a = self.call(path, payload).await?;
+        let payload = bytes::Bytes::from(payload);
+        let carries_image = path == wire::PATH_SUBMIT_FRONT || path == wire::PATH_SUBMIT_BACK;
+        let mut waited = Duration::ZERO;
+        let a = loop {
+            match self.call(path, payload.clone()).await {
+                Err(e) if e.http_status == Some(429) && !carries_image => {
+                    let wait = e.retry_after.unwrap_or(Duration::from_secs(1));
+                    if waited + wait > self.results_timeout {
+                        return Err(e);
+                    }
+                    tracing::debug!(
+                        path,
+                        transaction_id = txn,
+                        wait_ms = wait.as_millis() as u64,
+                        "Intellicheck rate limit; repeating the step"
+                    );
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                }
+                other => break other?,
+            }
+        };
         if let Some(message) = a.envelope.failed() {
             return Err(VendorError {
                 vendor_code: Some("success=false".into()),
