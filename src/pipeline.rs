@@ -319,10 +319,6 @@ impl Pipeline {
         &self.metrics
     }
 
-    pub fn provider(&self, name: ProviderName) -> Option<&Arc<dyn Provider>> {
-        self.providers.get(&name)
-    }
-
     /// Adds the results store: outcomes are looked up before any vendor
     /// call and stored before they are published (pay once).
     pub fn with_outcomes(mut self, outcomes: Arc<dyn OutcomeStore>) -> Self {
@@ -574,7 +570,7 @@ impl Pipeline {
     /// published unstored (logged as an error): losing an answer the vendor
     /// already billed for is worse than the small risk of a second payment
     /// should this very job be delivered again.
-    pub(crate) async fn store_outcome(
+    async fn store_outcome(
         &self,
         result: &LivenessResult,
         back_sha256: Option<String>,
