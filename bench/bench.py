@@ -487,6 +487,20 @@ class Bench:
                            stdout=f, stderr=subprocess.DEVNULL, check=False)
         self.log(f"perf profile: {out}")
 
+    def remove_objects(self):
+        """Deletes this run's images and stored outcomes."""
+        for bucket in (self.bucket, self.results_bucket):
+            token = {}
+            while True:
+                page = self.s3.list_objects_v2(Bucket=bucket, Prefix=f"bench/{self.run_id}/",
+                                               **token)
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                if not page.get("IsTruncated"):
+                    break
+                token = {"ContinuationToken": page["NextContinuationToken"]}
+
     def cleanup(self, prefix):
         n = python_worker.names(prefix)
         for q in ("jobs_queue", "results_queue", "dead_queue", "poison_queue"):
@@ -635,6 +649,7 @@ def main():
         if b.emulator:
             b.emulator.terminate()
             b.emulator.wait(10)
+        b.remove_objects()
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(r, f, indent=1)
