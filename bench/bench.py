@@ -128,6 +128,15 @@ def png(seed, min_bytes):
             + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b""))
 
 
+def percentiles(xs):
+    """p50, p99 and mean of a list of numbers."""
+    xs = sorted(xs)
+    if not xs:
+        return None
+    pick = lambda q: xs[min(len(xs) - 1, round((len(xs) - 1) * q))]  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "mean": sum(xs) / len(xs)}
+
+
 def fmt_bytes(n):
     return f"{n / MB:.0f} MB" if n >= 10 * MB else f"{n / MB:.1f} MB"
 
@@ -200,12 +209,24 @@ def render_markdown(r):
             "|---|---|---|---|"]
 
     def trio(rows, f, key):
-        return [f(median([x[key] for x in rows[k]])) if rows[k] else "–"
+        return [f(median([x.get(key) for x in rows[k]])) if rows[k] else "–"
                 for k in ("rust_store", "rust_nostore", "python")]
 
     ratio_f = (lambda v: "–" if v is None else f"{v:.2f} ({v * bound:.0f} jobs/s)")
     out.append("| throughput / bound (128 in flight, 300 ms) | "
                + " | ".join(trio(t, ratio_f, "ratio")) + " |")
+    for part in ("fetch", "vendor", "total"):
+        f = (lambda v: "–" if v is None else f"{v:.0f} ms")
+        for q in ("p50", "p99"):
+            vals = []
+            for k in ("rust_store", "rust_nostore", "python"):
+                xs = [x.get("timings_ms", {}).get(part, {}) for x in t[k]]
+                vals.append(f(median([x.get(q) for x in xs if x])) if t[k] else "–")
+            out.append(f"| timings_ms.{part} {q} in that run | " + " | ".join(vals) + " |")
+    out.append("| mean timings_ms.total in that run | " + " | ".join(
+        f"{median([x.get('timings_ms', {}).get('total', {}).get('mean') for x in t[k]]):.0f} ms"
+        if t[k] and median([x.get('timings_ms', {}).get('total', {}).get('mean') for x in t[k]])
+        else "–" for k in ("rust_store", "rust_nostore", "python")) + " |")
     out.append("| peak RSS in that run | "
                + " | ".join(trio(t, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss"))
                + " |")
@@ -217,6 +238,23 @@ def render_markdown(r):
         out.append(f"| peak RSS, {size_key} run (32 in flight) | "
                    + " | ".join(trio(c, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss"))
                    + " |")
+    if any(t[k] for k in ("rust_store", "rust_nostore", "python")):
+        out += ["", "## Where the machine's CPU went in the throughput runs", "",
+                "CPU time per job of each process during the measured window (medians of the "
+                "rounds), and how busy the machine's cores were.", "",
+                "| process | Rust (store on) | Rust (no store) | Python (no store) |",
+                "|---|---|---|---|"]
+        ms = lambda v: "–" if v is None else f"{v * 1e3:.2f} ms"  # noqa: E731
+        out.append("| the worker | " + " | ".join(trio(t, ms, "cpu_per_job")) + " |")
+        for name in ("rabbitmq", "garage", "emulator", "everything else"):
+            vals = []
+            for k in ("rust_store", "rust_nostore", "python"):
+                v = median([x.get("others_cpu_per_job", {}).get(name) for x in t[k]])
+                vals.append(ms(v))
+            out.append(f"| {name} | " + " | ".join(vals) + " |")
+        out.append("| machine busy | " + " | ".join(
+            trio(t, lambda v: "–" if v is None else f"{v * 100:.0f}% of {r['machine']['cores']} cores",
+                 "machine_busy")) + " |")
     d = r["drain"]
     out += ["", "## Draining a backlog", "",
             f"{d['jobs']:,} jobs of 200 KB, emulator latency 300 ms, 32 in flight per replica "
@@ -295,6 +333,11 @@ def self_check():
     assert time_at(samples, 50) == 1.5 and time_at(samples, 200) == 2.5
     assert time_at(samples, 500) is None
     assert window_rate(samples, 400, 0.25, 0.75) == 200 / (3.0 - 2.0)
+    assert percentiles([5, 1, 3, 2, 4]) == {"p50": 3, "p99": 5, "mean": 3.0}
+    assert percentiles([]) is None
+    busy, total = parse_proc_stat_total("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n")
+    tck = os.sysconf("SC_CLK_TCK")
+    assert (busy, total) == (150 / tck, 1000 / tck)
     p = png(1, 200 * KB)
     assert p.startswith(b"\x89PNG") and abs(len(p) - 200 * KB) < 1000 and png(2, 1000) != png(1, 1000)
     fake = fake_results()
@@ -329,6 +372,19 @@ def cpu_seconds(pid):
 def vm_hwm(pid):
     with open(f"/proc/{pid}/status") as f:
         return parse_vm_hwm(f.read())
+
+
+def parse_proc_stat_total(text):
+    """(busy, total) CPU seconds of the whole machine from /proc/stat's
+    first line (idle and iowait are not busy)."""
+    f = [int(x) for x in text.splitlines()[0].split()[1:]]
+    total = sum(f[:8])  # user nice system idle iowait irq softirq steal
+    return (total - f[3] - f[4]) / os.sysconf("SC_CLK_TCK"), total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu():
+    with open("/proc/stat") as f:
+        return parse_proc_stat_total(f.read())
 
 
 def free_port():
@@ -501,6 +557,50 @@ class Bench:
                     break
                 token = {"ContinuationToken": page["NextContinuationToken"]}
 
+    def timings(self, queue):
+        """Per-job timings_ms (fetch, vendor, total) of the results in
+        `queue`, read after the measurement; percentiles in ms."""
+        ch = self.conn.channel()
+        ch.basic_qos(prefetch_count=1000)
+        got = {"fetch": [], "vendor": [], "total": []}
+        for _method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=1.0):
+            if body is None:
+                break
+            t = json.loads(body).get("timings_ms") or {}
+            for k in got:
+                if isinstance(t.get(k), (int, float)):
+                    got[k].append(t[k])
+        ch.cancel()
+        ch.close()
+        return {k: percentiles(v) for k, v in got.items() if v}
+
+    def service_pids(self):
+        """The processes that share the machine with the worker."""
+        pids = {"emulator": self.emulator.pid}
+        try:
+            with open(os.path.join(os.environ["LIVENESS_SERVICES_DIR"], "garage.pid")) as f:
+                pids["garage"] = int(f.read())
+        except (OSError, ValueError, KeyError):
+            pass
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/comm") as f:
+                        if f.read().strip() == "beam.smp":
+                            pids["rabbitmq"] = int(d)
+                except OSError:
+                    pass
+        return pids
+
+    def others_cpu(self, pids):
+        out = {}
+        for name, pid in pids.items():
+            try:
+                out[name] = cpu_seconds(pid)
+            except OSError:
+                pass
+        return out
+
     def cleanup(self, prefix):
         n = python_worker.names(prefix)
         for q in ("jobs_queue", "results_queue", "dead_queue", "poison_queue"):
@@ -536,6 +636,8 @@ class Bench:
             perf = None
             if self.a.perf and kind.startswith("rust") and not backlog:
                 perf = self.attach_perf(procs[0].pid, f"{kind}-{label}-{latency_ms}ms")
+            others = self.service_pids()
+            others0, machine0 = self.others_cpu(others), machine_cpu()
             cpu0 = sum(cpu_seconds(p.pid) for p in procs)
             t0 = time.monotonic()
             if not backlog:
@@ -559,9 +661,17 @@ class Bench:
                 time.sleep(0.1)
             t1 = time.monotonic()
             cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+            others1, machine1 = self.others_cpu(others), machine_cpu()
+            shares = {k: (others1[k] - others0[k]) / target for k in others1 if k in others0}
+            busy = machine1[0] - machine0[0]
+            shares["everything else"] = max(0.0, busy / target - cpu / target - sum(shares.values()))
+            machine_busy = busy / max(1e-9, machine1[1] - machine0[1])
             peak = max(vm_hwm(p.pid) for p in procs)
             if perf:
                 self.finish_perf(*perf)
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            timings = self.timings(names["results_queue"]) if not stop_after else {}
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
@@ -574,7 +684,9 @@ class Bench:
         out = {"kind": kind, "image": label, "jobs": jobs, "in_flight": concurrency,
                "latency_ms": latency_ms, "replicas": replicas, "seconds": t1 - t0,
                "drain_seconds": t1 - t_start, "rate": window_rate(samples, target),
-               "cpu_seconds": cpu, "cpu_per_job": cpu / target, "peak_rss": peak}
+               "cpu_seconds": cpu, "cpu_per_job": cpu / target, "peak_rss": peak,
+               "timings_ms": timings, "others_cpu_per_job": shares,
+               "machine_busy": machine_busy}
         self.log(f"{kind:12} {label:5} jobs={target:<7} in_flight={concurrency:<3} "
                  f"latency={latency_ms}ms replicas={replicas}: {out['seconds']:.1f}s, "
                  f"{(out['rate'] or 0):.0f} jobs/s, cpu/job {out['cpu_per_job'] * 1e6:.0f}µs, "
@@ -592,6 +704,7 @@ def main():
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--only", default="throughput,cpu,rss,drain")
     ap.add_argument("--run-timeout", type=float, default=900)
+    ap.add_argument("--sizes", help="cpu scenario image sizes (default: 200KB,3MB)")
     ap.add_argument("--perf", action="store_true",
                     help="profile the Rust worker's CPU runs with perf; reports go to --out")
     a = ap.parse_args()
@@ -601,6 +714,11 @@ def main():
     short = a.short
     rounds = a.rounds or (1 if short else 3)
     only = set(a.only.split(","))
+    # The folder holds this run's figures only.
+    os.makedirs(a.out, exist_ok=True)
+    for f in os.listdir(a.out):
+        if f in ("results.json", "results.md", "chart.png") or f.startswith("perf-"):
+            os.remove(os.path.join(a.out, f))
     b = Bench(a)
     b.upload_images()
     b.start_emulator()
@@ -623,6 +741,8 @@ def main():
                     r["throughput"][k].append(x)
             if "cpu" in only:
                 for label, n in (("200KB", 600 if short else 3000), ("3MB", 100 if short else 500)):
+                    if a.sizes and label not in a.sizes.split(","):
+                        continue
                     for k in order:
                         r["cpu"][label][k].append(b.run(k, label, n, 32, 0))
         if "rss" in only:
