@@ -220,7 +220,7 @@ def render_markdown(r):
             notes.append(
                 f"Throughput {label}: a job spent {total:.0f} ms in the worker on average "
                 f"(timings_ms.total: S3 fetch {fetch:.0f} ms, vendor call {vendor:.0f} ms, "
-                f"{total - fetch - vendor:.0f} ms for the rest, results-store lookup and write "
+                f"{max(0.0, total - fetch - vendor):.0f} ms for the rest, results-store lookup and write "
                 f"included); Little's law with that time gives 128 / {total:.0f} ms = "
                 f"{128 / total * 1000:.0f} jobs/s, {300 / total:.2f} of the bound, against "
                 f"{ratio:.2f} measured (the difference: delivery, publish confirm and ack, outside "
@@ -437,7 +437,7 @@ def parse_perf_report(text):
     for line in text.splitlines():
         m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[.\]\s+(.*\S)", line)
         if m:
-            rows.append((float(m.group(1)), m.group(2), m.group(3)))
+            rows.append((float(m.group(1)), m.group(2), m.group(3).strip()))
     return rows
 
 

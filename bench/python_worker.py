@@ -353,11 +353,11 @@ class Worker:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        tag = self.ch.basic_consume(self.names["jobs_queue"], self.on_message)
+        self.ch.basic_consume(self.names["jobs_queue"], self.on_message)
         log.info("consuming %s with %d threads", self.names["jobs_queue"], self.concurrency)
+        # Returns after stop_consuming, which also cancels the consumer.
         self.ch.start_consuming()
-        # Drain: no new deliveries, let the held jobs publish and ack.
-        self.ch.basic_cancel(tag)
+        # Drain: no new deliveries; let the held jobs publish and ack.
         deadline = time.monotonic() + 30
         while True:
             with self.lock:
