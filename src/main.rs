@@ -109,6 +109,7 @@ struct FaultArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    pin_mmap_threshold();
     let cli = Cli::parse();
     liveness_worker::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -127,6 +128,26 @@ fn main() -> std::process::ExitCode {
         },
     }
 }
+
+/// Images (and Intellicheck's envelopes) of 1 MiB and more get their own
+/// mapping, returned to the system when the job ends. By default glibc raises
+/// this threshold to the largest block freed so far, after which multi-megabyte
+/// image buffers come from its arenas, which keep them: the benchmark measured
+/// peak RSS 15% lower and steadier at 64 jobs of 3 MB in flight with the
+/// threshold pinned, for about 10% more CPU per 3 MB job (DESIGN §7 bars
+/// both). An explicit `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...` wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn pin_mmap_threshold() {
+    let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("mmap_threshold"));
+    if !tuned {
+        // SAFETY: mallopt only sets an allocator parameter; it is called
+        // before any other thread exists.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn pin_mmap_threshold() {}
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let sources = Sources {

@@ -1,6 +1,7 @@
 //! Argos ID Liveness (`POST {base}/document`) and Face Liveness
 //! (`POST {base}/liveness`): one host, one key, two error shapes.
 
+mod body;
 pub mod normalize;
 pub mod wire;
 
@@ -9,7 +10,7 @@ use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::{Check, ProviderName, SignalName};
 use crate::providers::{Provider, Submission, VendorError, VendorRequest, retry_after};
 use async_trait::async_trait;
-use base64::Engine as _;
+use body::Base64JsonBody;
 use bytes::Bytes;
 use normalize::Bands;
 use std::time::Duration;
@@ -50,10 +51,10 @@ impl Argos {
 
     fn document_body(
         &self,
-        image: &[u8],
+        image: &Bytes,
         signals: &[SignalName],
         callback_url: Option<&str>,
-    ) -> Vec<u8> {
+    ) -> Base64JsonBody {
         let tail = serde_json::to_vec(&DocumentRequestTail {
             pipelines: Pipelines {
                 sr: signals.contains(&SignalName::ScreenReplay),
@@ -64,14 +65,14 @@ impl Argos {
             callback_url,
         })
         .expect("plain struct serializes");
-        json_with_base64_field("idImage", image, &tail[1..])
+        Base64JsonBody::new("idImage", image.clone(), &tail[1..])
     }
 
     /// One POST; the status, `Retry-After` and body of whatever came back.
     async fn post(
         &self,
         url: &str,
-        body: Vec<u8>,
+        body: Base64JsonBody,
     ) -> Result<(u16, Option<Duration>, Bytes), VendorError> {
         let resp = self
             .http
@@ -79,7 +80,7 @@ impl Argos {
             .timeout(self.timeout)
             .header("x-api-key", self.api_key.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
+            .body(reqwest::Body::wrap(body))
             .send()
             .await
             .map_err(|e| VendorError::from_transport(ProviderName::Argos, &e))?;
@@ -91,29 +92,6 @@ impl Argos {
             .map_err(|e| VendorError::from_transport(ProviderName::Argos, &e))?;
         Ok((status, retry_after, bytes))
     }
-}
-
-/// `{"<field>":"<base64 of image>",<rest>`, where `rest` is what follows the
-/// opening brace of another JSON object (`}` alone for nothing). The base64
-/// is written straight into the body buffer: the only copy of the image on
-/// its way to the vendor.
-fn json_with_base64_field(field: &str, image: &[u8], rest: &[u8]) -> Vec<u8> {
-    let b64_len = base64::encoded_len(image.len(), true).expect("image size fits in memory");
-    let mut body = Vec::with_capacity(field.len() + b64_len + rest.len() + 8);
-    body.extend_from_slice(b"{\"");
-    body.extend_from_slice(field.as_bytes());
-    body.extend_from_slice(b"\":\"");
-    let start = body.len();
-    body.resize(start + b64_len, 0);
-    base64::engine::general_purpose::STANDARD
-        .encode_slice(image, &mut body[start..])
-        .expect("buffer sized by encoded_len");
-    body.push(b'"');
-    if rest != b"}" {
-        body.push(b',');
-    }
-    body.extend_from_slice(rest);
-    body
 }
 
 #[async_trait]
@@ -144,7 +122,7 @@ impl Provider for Argos {
                 }
             }
             Check::Face => {
-                let body = json_with_base64_field("faceImage", &req.image.bytes, b"}");
+                let body = Base64JsonBody::new("faceImage", req.image.bytes.clone(), b"}");
                 let (status, retry_after, bytes) = self.post(&self.face_url, body).await?;
                 match status {
                     200 => {
@@ -228,18 +206,79 @@ impl Provider for Argos {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Image;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    #[test]
-    fn base64_body_is_valid_json() {
-        let body = json_with_base64_field(
-            "idImage",
-            b"\x00\x01hello",
-            br#""pipelines":{"sr":true},"x":1}"#,
+    /// Vendors are not known to accept chunked uploads: the streamed body
+    /// must still go out with its exact Content-Length.
+    #[tokio::test]
+    async fn the_streamed_body_goes_out_with_its_content_length() {
+        crate::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            let head_end = loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed before the request head");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            let mut body = buf[head_end + 4..].to_vec();
+            while body.len() < len {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed inside the body");
+                body.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            (head, body)
+        });
+        let mut cfg = crate::config::Config::from_toml("")
+            .unwrap()
+            .providers
+            .argos;
+        cfg.base_url = format!("http://{addr}/modules");
+        cfg.api_key = crate::config::Secret::new("k");
+        let argos = Argos::new(reqwest::Client::new(), &cfg).unwrap();
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let image = Image {
+            uri: "s3://b/k.png".into(),
+            bytes: Bytes::from(bytes.clone()),
+            content_type: "image/png",
+            sha256: String::new(),
+        };
+        let req = VendorRequest {
+            job_id: "j",
+            check: Check::Face,
+            signals: &[],
+            image: &image,
+            back_image: None,
+            metadata: None,
+        };
+        let _ = argos.verify(&req).await;
+        let (head, body) = server.await.unwrap();
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
         );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["idImage"], "AAFoZWxsbw==");
-        assert_eq!(v["pipelines"]["sr"], true);
-        let face = json_with_base64_field("faceImage", b"abc", b"}");
-        assert_eq!(face, br#"{"faceImage":"YWJj"}"#);
+        use base64::Engine as _;
+        assert_eq!(
+            v["faceImage"],
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        );
     }
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The benchmark (DESIGN §7, issue 8): the Rust worker against the Little's-law
+# bound, its CPU and memory per job, and a Python pika + boto3 + requests
+# worker measured in the same run. Rewrites bench/results/ (results.md,
+# results.json, chart.png) and prints the table.
+#
+# Usage: scripts/bench.sh [--short] [--rounds N] [--only throughput,cpu,rss,drain] [--out DIR]
+#   --short   a few minutes: fewer jobs, one round, 100 000 queued jobs instead of 1 000 000
+#
+# Starts RabbitMQ and Garage like scripts/test.sh, builds the worker in release
+# mode, installs the Python baseline's pinned dependencies (bench/requirements.txt)
+# into a venv under ~/.cache/liveness-worker, then runs bench/bench.py. Timing
+# drifts on shared machines: take figures on a quiet machine.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+case "${1:-}" in -h | --help) sed -n '2,14p' "$0"; exit 0 ;; esac
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/liveness-worker/target}"
+eval "$(scripts/services.sh --print-env)"
+
+echo "== cargo build --release" >&2
+cargo build --release --locked --quiet --bin liveness-worker
+
+venv="$HOME/.cache/liveness-worker/bench-venv"
+stamp="$venv/.requirements-$(sha256sum bench/requirements.txt | cut -c1-16)"
+if [[ ! -e "$stamp" ]]; then
+  echo "== Python baseline venv ($venv)" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+  touch "$stamp"
+fi
+"$venv/bin/python" bench/python_worker.py --self-check >&2
+"$venv/bin/python" bench/bench.py --self-check >&2
+
+exec "$venv/bin/python" bench/bench.py --worker-bin "$CARGO_TARGET_DIR/release/liveness-worker" \
+  --python "$venv/bin/python" "$@"
