@@ -188,15 +188,16 @@ pub async fn run(sources: &Sources, args: DemoArgs) -> anyhow::Result<()> {
     cfg.retry.credentials_park_step = 0;
     // Outcomes of this run only: a second demo pays (the emulator) again.
     cfg.results.prefix = format!("demo/{run_id}/");
-    cfg.providers.argos.base_url = format!("{}/modules", emulator.base_url());
+    let url = |s: String| s.parse::<url::Url>().context("the emulator's URL");
+    cfg.providers.argos.base_url = url(format!("{}/modules", emulator.base_url()))?;
     cfg.providers.argos.api_key = crate::config::Secret::new(api_key.clone());
     // The emulator's Intellicheck and Didit take the same key.
     let ic = &mut cfg.providers.intellicheck;
-    ic.base_url = emulator.base_url();
+    ic.base_url = Some(url(emulator.base_url())?);
     ic.customer_id = "local-customer".into();
     ic.signing_key = crate::config::Secret::new(api_key.clone());
     ic.poll_initial_interval = Duration::from_millis(50);
-    cfg.providers.didit.base_url = emulator.base_url();
+    cfg.providers.didit.base_url = url(emulator.base_url())?;
     cfg.providers.didit.api_key = crate::config::Secret::new(api_key);
     cfg.validate()?;
     let names = Names::new(&cfg.broker);

@@ -4,28 +4,30 @@
 //! detection vendors: jobs arrive on RabbitMQ, images come from S3, vendor
 //! answers are normalized into one result contract.
 //!
-//! Components (folders are roles):
+//! Components, lowest layer first (docs/ARCHITECTURE.md has the map, the
+//! life of one job and where each guarantee is enforced; a test keeps the
+//! layering: `cargo test --test it architecture`):
 //! - [`domain`]: the message contracts (job, result, dead letter), verdict
-//!   rules and the vendor-neutral [`domain::assessment::Assessment`]. Pure.
-//! - [`pipeline`]: one delivery from body to [`pipeline::Disposition`]
-//!   (publish a result, retry later, dead-letter). Knows no broker or SDK type.
-//! - [`broker`]: RabbitMQ topology, the consume loop with bounded
-//!   concurrency, publisher confirms, ack after confirm.
-//! - [`store`]: the S3 image store.
-//! - [`providers`]: one folder per vendor (client, wire types, pure
-//!   normalization) behind the [`providers::Provider`] trait.
-//! - [`emulator`]: a contract-faithful double of the vendors for tests and demos.
+//!   rules, the vendor-neutral [`domain::assessment::Assessment`] and a
+//!   job's progress across deliveries. Pure: no I/O.
+//! - [`config`]: one typed configuration tree, loaded in layers.
+//! - [`telemetry`]: logs, metrics (typed labels), probes.
+//! - [`store`], [`providers`], [`broker`]: S3 (images, the results
+//!   store), one folder per vendor behind [`providers::Provider`], RabbitMQ
+//!   (topology, confirms, the worker-owned headers).
+//! - [`pipeline`]: one delivery from body to [`pipeline::Finished`], in
+//!   stages. Knows no broker, SDK or HTTP type.
+//! - [`worker`]: the consume loop, the one finish path (publish with
+//!   confirms, count, ack), the Argos callback receiver.
 //! - [`ops`]: the operator commands (enqueue, backfill, replay, status).
-//! - [`config`], [`telemetry`], [`schema`]: configuration, logging, JSON Schemas.
+//! - [`emulator`], [`demo`], [`samples`], [`schema`]: the vendor double,
+//!   the demo, sample images, the JSON Schemas.
 
-pub mod breaker;
 pub mod broker;
-pub mod callbacks;
 pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod emulator;
-pub mod image;
 pub mod ops;
 pub mod pipeline;
 pub mod providers;

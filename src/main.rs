@@ -159,8 +159,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&sources)?;
             telemetry::init(&cfg.telemetry);
             let telemetry = Telemetry::default();
-            if !cfg.telemetry.listen.is_empty() {
-                let addr = cfg.telemetry.listen.parse().expect("validated");
+            if let Some(addr) = cfg.telemetry.listen {
                 let bound = telemetry::serve(addr, telemetry.clone())
                     .await
                     .with_context(|| format!("cannot listen on {addr} (telemetry.listen)"))?;

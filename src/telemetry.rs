@@ -6,7 +6,8 @@
 //! never from a job.
 
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::domain::ProviderName;
+use crate::domain::dead_letter::FailureClass;
+use crate::domain::{AttemptOutcome, Check, ProviderName, Verdict};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -48,6 +49,99 @@ pub fn init(cfg: &TelemetryConfig) {
     } else {
         builder.try_init()
     };
+}
+
+/// How a job's delivery ended (`liveness_jobs_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Result,
+    DeadLetter,
+    RetryLater,
+    AwaitingCallback,
+    Settled,
+}
+
+impl JobOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Result => "result",
+            JobOutcome::DeadLetter => "dead_letter",
+            JobOutcome::RetryLater => "retry_later",
+            JobOutcome::AwaitingCallback => "awaiting_callback",
+            JobOutcome::Settled => "settled",
+        }
+    }
+}
+
+/// How an image fetch ended (`liveness_s3_fetch_duration_seconds{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    Ok,
+    NotFound,
+    TooLarge,
+    Error,
+}
+
+impl FetchOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchOutcome::Ok => "ok",
+            FetchOutcome::NotFound => "not_found",
+            FetchOutcome::TooLarge => "too_large",
+            FetchOutcome::Error => "error",
+        }
+    }
+}
+
+/// A results-store operation (`liveness_results_store_errors_total{op}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Load,
+    Save,
+    Delete,
+    Audit,
+}
+
+impl StoreOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Load => "load",
+            StoreOp::Save => "save",
+            StoreOp::Delete => "delete",
+            StoreOp::Audit => "audit",
+        }
+    }
+}
+
+/// What became of a vendor callback (`liveness_callbacks_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// It settled the job.
+    Accepted,
+    /// The job's outcome was already stored.
+    Duplicate,
+    /// No pending submission for the job.
+    Unknown,
+    /// Its URL did not verify.
+    Refused,
+    /// It could not be processed now; the vendor should send it again.
+    Failed,
+}
+
+impl CallbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackOutcome::Accepted => "accepted",
+            CallbackOutcome::Duplicate => "duplicate",
+            CallbackOutcome::Unknown => "unknown",
+            CallbackOutcome::Refused => "refused",
+            CallbackOutcome::Failed => "failed",
+        }
+    }
+}
+
+fn vendor_label(v: Option<ProviderName>) -> &'static str {
+    v.map_or("none", ProviderName::as_str)
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -219,34 +313,39 @@ impl Metrics {
         m
     }
 
+    /// A job's delivery ended; `None` labels read `none` (`unknown` for a
+    /// check that could not be read).
     pub fn job_finished(
         &self,
-        outcome: &'static str,
-        verdict: &'static str,
-        check: &'static str,
-        vendor: &'static str,
+        outcome: JobOutcome,
+        verdict: Option<Verdict>,
+        check: Option<Check>,
+        vendor: Option<ProviderName>,
     ) {
         self.jobs
             .get_or_create(&JobLabels {
-                outcome,
-                verdict,
-                check,
-                vendor,
+                outcome: outcome.as_str(),
+                verdict: verdict.map_or("none", Verdict::as_str),
+                check: check.map_or("unknown", Check::as_str),
+                vendor: vendor_label(vendor),
             })
             .inc();
     }
 
-    pub fn dead_letter(&self, class: &'static str, vendor: &'static str) {
+    pub fn dead_letter(&self, class: FailureClass, vendor: Option<ProviderName>) {
         self.dead_letters
-            .get_or_create(&DeadLabels { class, vendor })
+            .get_or_create(&DeadLabels {
+                class: class.as_str(),
+                vendor: vendor_label(vendor),
+            })
             .inc();
     }
 
-    pub fn vendor_call(&self, vendor: ProviderName, outcome: &'static str, took: Duration) {
+    pub fn vendor_call(&self, vendor: ProviderName, outcome: AttemptOutcome, took: Duration) {
         self.vendor_duration
             .get_or_create(&VendorOutcome {
                 vendor: vendor.as_str(),
-                outcome,
+                outcome: outcome.as_str(),
             })
             .observe(took.as_secs_f64());
     }
@@ -259,9 +358,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn s3_fetch(&self, outcome: &'static str, took: Duration) {
+    pub fn s3_fetch(&self, outcome: FetchOutcome, took: Duration) {
         self.s3_duration
-            .get_or_create(&Outcome { outcome })
+            .get_or_create(&Outcome {
+                outcome: outcome.as_str(),
+            })
             .observe(took.as_secs_f64());
     }
 
@@ -303,12 +404,18 @@ impl Metrics {
         self.outcomes_reused.inc();
     }
 
-    pub fn callback(&self, outcome: &'static str) {
-        self.callbacks.get_or_create(&Outcome { outcome }).inc();
+    pub fn callback(&self, outcome: CallbackOutcome) {
+        self.callbacks
+            .get_or_create(&Outcome {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 
-    pub fn store_error(&self, op: &'static str) {
-        self.store_errors.get_or_create(&Op { op }).inc();
+    pub fn store_error(&self, op: StoreOp) {
+        self.store_errors
+            .get_or_create(&Op { op: op.as_str() })
+            .inc();
     }
 
     pub fn publish_failed(&self) {

@@ -123,10 +123,98 @@ fn valid_bucket_name(b: &str) -> bool {
         && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
 }
 
+/// A job's id: 1–128 of `A-Z a-z 0-9 . _ : -`. The producer's idempotency
+/// key: one job_id is verified (and billed) once. It names objects in the
+/// results store and appears in callback URLs, so it is only ever built
+/// through [`JobId::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub const MAX_LEN: usize = 128;
+
+    /// The id, or why it is not one (in the words of a dead letter).
+    pub fn parse(s: &str) -> Result<JobId, String> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(format!(
+                "job_id must be 1-{} characters, got {}",
+                Self::MAX_LEN,
+                s.len()
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || ".-_:".contains(*c)))
+        {
+            return Err(format!(
+                "job_id may only contain A-Z a-z 0-9 . _ : -, found {c:?}"
+            ));
+        }
+        Ok(JobId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for JobId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for JobId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for JobId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl AsRef<str> for JobId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        JobId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for JobId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JobId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": JobId::MAX_LEN,
+            "pattern": r"^[A-Za-z0-9._:-]+$"
+        })
+    }
+}
+
 /// A job that passed validation.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub job_id: String,
+    pub job_id: JobId,
     pub check: Check,
     pub image: S3Uri,
     pub back_image: Option<S3Uri>,
@@ -146,25 +234,42 @@ pub struct InvalidJob {
     pub job: Option<Box<RawValue>>,
     /// The start of the body when it could not be parsed at all.
     pub raw_body: Option<Vec<u8>>,
+    /// The body's `check` when it names a valid one (for metrics).
+    pub check: Option<Check>,
     pub message: String,
 }
 
-/// A body that parsed as a JSON object: kept verbatim for echoing.
+/// A valid job and its body, kept verbatim so a later failure can echo it
+/// in a dead letter.
 #[derive(Debug)]
-pub struct JobEnvelope {
+pub struct ParsedJob {
+    pub job: Job,
     pub raw: Box<RawValue>,
-    pub job_id: Option<String>,
 }
 
-/// Parses and validates a delivery body. On success the verbatim body comes
-/// back too, so later failures can echo it in their dead letter.
-pub fn parse_job(body: &[u8], max_body_bytes: usize) -> Result<(Job, JobEnvelope), InvalidJob> {
+impl InvalidJob {
+    /// The job_id to show in logs, when the body had a string one: cut to
+    /// the longest valid length.
+    pub fn job_id_hint(&self) -> Option<&str> {
+        let id = self.job_id.as_deref()?;
+        let mut end = id.len().min(JobId::MAX_LEN);
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(&id[..end])
+    }
+}
+
+/// Parses and validates a delivery body, once: everything later reads the
+/// [`ParsedJob`] or the [`InvalidJob`].
+pub fn parse_job(body: &[u8], max_body_bytes: usize) -> Result<ParsedJob, InvalidJob> {
     let raw_echo = || Some(body[..body.len().min(RAW_BODY_ECHO_BYTES)].to_vec());
     if body.len() > max_body_bytes {
         return Err(InvalidJob {
             job_id: None,
             job: None,
             raw_body: raw_echo(),
+            check: None,
             message: format!(
                 "job body is {} bytes, over the {max_body_bytes}-byte limit; it was not parsed",
                 body.len()
@@ -178,6 +283,7 @@ pub fn parse_job(body: &[u8], max_body_bytes: usize) -> Result<(Job, JobEnvelope
                 job_id: None,
                 job: None,
                 raw_body: raw_echo(),
+                check: None,
                 message: format!(
                     "job body is not UTF-8 text (invalid byte at offset {})",
                     e.valid_up_to()
@@ -192,6 +298,7 @@ pub fn parse_job(body: &[u8], max_body_bytes: usize) -> Result<(Job, JobEnvelope
                 job_id: None,
                 job: None,
                 raw_body: raw_echo(),
+                check: None,
                 message: format!(
                     "job body is JSON {} where an object is required",
                     json_kind(&other)
@@ -203,6 +310,7 @@ pub fn parse_job(body: &[u8], max_body_bytes: usize) -> Result<(Job, JobEnvelope
                 job_id: None,
                 job: None,
                 raw_body: raw_echo(),
+                check: None,
                 message: format!("job body is not valid JSON: {e}"),
             });
         }
@@ -214,11 +322,15 @@ pub fn parse_job(body: &[u8], max_body_bytes: usize) -> Result<(Job, JobEnvelope
         .and_then(Value::as_str)
         .map(str::to_owned);
     match validate(&object, text) {
-        Ok(job) => Ok((job, JobEnvelope { raw, job_id })),
+        Ok(job) => Ok(ParsedJob { job, raw }),
         Err(problems) => Err(InvalidJob {
             job_id,
             job: Some(raw),
             raw_body: None,
+            check: object
+                .get("check")
+                .and_then(Value::as_str)
+                .and_then(Check::parse),
             message: format!("job violates liveness.job.v1: {}", problems.join("; ")),
         }),
     }
@@ -236,26 +348,14 @@ fn validate(o: &Map<String, Value>, text: &str) -> Result<Job, Vec<String>> {
     }
 
     let job_id = match o.get("job_id") {
-        Some(Value::String(s)) => {
-            if s.is_empty() || s.len() > 128 {
-                problems.push(format!("job_id must be 1-128 characters, got {}", s.len()));
-            } else if let Some(c) = s
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || ".-_:".contains(*c)))
-            {
-                problems.push(format!(
-                    "job_id may only contain A-Z a-z 0-9 . _ : -, found {c:?}"
-                ));
-            }
-            s.clone()
-        }
+        Some(Value::String(s)) => JobId::parse(s).map_err(|e| problems.push(e)).ok(),
         Some(v) => {
             problems.push(format!("job_id must be a string, got {}", json_kind(v)));
-            String::new()
+            None
         }
         None => {
             problems.push("job_id is required".into());
-            String::new()
+            None
         }
     };
 
@@ -389,7 +489,7 @@ fn validate(o: &Map<String, Value>, text: &str) -> Result<Job, Vec<String>> {
         Check::Face => vec![SignalName::FaceLiveness],
     };
     Ok(Job {
-        job_id,
+        job_id: job_id.expect("validated"),
         check,
         image: image.expect("validated"),
         back_image,
@@ -465,7 +565,7 @@ mod tests {
 
     fn ok(body: &str) -> Job {
         parse_job(body.as_bytes(), 65536)
-            .map(|(j, _)| j)
+            .map(|p| p.job)
             .unwrap_or_else(|e| panic!("{}", e.message))
     }
 

@@ -3,7 +3,10 @@
 //! nothing here performs I/O or names a broker, S3 or HTTP type.
 
 pub mod assessment;
+pub mod bands;
+pub mod carried;
 pub mod dead_letter;
+pub mod image;
 pub mod job;
 pub mod result;
 pub mod routing;
@@ -183,4 +186,30 @@ impl SignalVerdict {
 pub enum Side {
     Front,
     Back,
+}
+
+/// How one vendor attempt ended, as the audit trail and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The vendor answered: a verdict, or an acceptance in callback mode.
+    Ok,
+    /// A failure worth another attempt (throttling, the vendor failing to
+    /// process, no answer, a 5xx).
+    Transient,
+    /// The vendor says our request was wrong.
+    Rejected,
+    /// The vendor refused our credentials.
+    Credentials,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Transient => "transient",
+            AttemptOutcome::Rejected => "rejected",
+            AttemptOutcome::Credentials => "credentials",
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The result message (`liveness.result.v1`).
 
 use super::assessment::{SignalOutcome, VendorRefs, Warning};
+use super::job::JobId;
 use super::{Check, ProviderName, Verdict};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ pub const RESULT_SCHEMA: &str = "liveness.result.v1";
 pub struct LivenessResult {
     #[schemars(schema_with = "result_schema_tag")]
     pub schema: String,
-    pub job_id: String,
+    pub job_id: JobId,
     pub check: Check,
     /// The vendor actually used.
     pub provider: ProviderName,

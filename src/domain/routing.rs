@@ -1,5 +1,5 @@
-//! The rules applied to a parsed job before anything is fetched (DESIGN §2,
-//! §3): which vendor it goes to, whether that vendor can do its check, and
+//! The rules applied to a parsed job before anything is fetched (docs/vendors.md,
+//! docs/messages.md): which vendor it goes to, whether that vendor can do its check, and
 //! whether its images may be read. The worker and `enqueue` share them, so a
 //! line `enqueue` accepts is never dead-lettered for them by a worker with
 //! the same configuration.
@@ -23,14 +23,6 @@ pub struct Routing {
 }
 
 impl Routing {
-    pub fn from_config(c: &crate::config::Config) -> Self {
-        Routing {
-            allowed_buckets: c.worker.allowed_buckets.clone(),
-            default_document: c.providers.default_document,
-            default_face: c.providers.default_face,
-        }
-    }
-
     pub fn bucket_allowed(&self, bucket: &str) -> bool {
         self.allowed_buckets.iter().any(|b| b == bucket)
     }

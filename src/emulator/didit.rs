@@ -7,7 +7,7 @@
 use super::scenario::{self, Scenario, hash_score, vendor_number};
 use super::{Gate, RateLimited, Shared};
 use crate::domain::ProviderName;
-use crate::image::sniff_content_type;
+use crate::domain::image::sniff_content_type;
 use crate::providers::didit::wire::{
     self, LIVENESS_FACE_ATTACK, LOW_LIVENESS_SCORE, Liveness, LogType, Method, NO_FACE_DETECTED,
     Report, RiskWarning, Status,

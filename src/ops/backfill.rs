@@ -8,7 +8,7 @@
 //! first without calling a vendor. A replaced object has a new ETag, hence
 //! a new job.
 
-use super::enqueue::{EnqueueArgs, JobPublisher};
+use super::publish::JobPublisher;
 use super::validate::{Rules, validate_job};
 use super::{EXIT_INVALID, EXIT_UNCONFIRMED, Exit, Progress};
 use crate::broker;
@@ -208,15 +208,28 @@ pub async fn backfill(
     Ok(report)
 }
 
+/// What `enqueue --s3-prefix` asks for.
+#[derive(Debug, Clone)]
+pub struct BackfillArgs {
+    /// The check every job asks for (`document` or `face`).
+    pub check: String,
+    pub provider: Option<String>,
+    /// A JSON object set as every job's metadata.
+    pub metadata: Option<String>,
+    pub dry_run: bool,
+    /// Publishes in flight awaiting their confirm.
+    pub window: usize,
+}
+
 /// `enqueue --s3-prefix`.
-pub async fn run(cfg: &Config, s3_prefix: &str, args: &EnqueueArgs) -> anyhow::Result<()> {
-    let check = args
-        .check
-        .clone()
-        .context("--check (document or face) is required with --s3-prefix")?;
-    let template = Template::new(check, args.provider.clone(), args.metadata.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    let r = backfill(cfg, s3_prefix, &template, args.dry_run, args.window.into()).await?;
+pub async fn run(cfg: &Config, s3_prefix: &str, args: &BackfillArgs) -> anyhow::Result<()> {
+    let template = Template::new(
+        args.check.clone(),
+        args.provider.clone(),
+        args.metadata.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let r = backfill(cfg, s3_prefix, &template, args.dry_run, args.window).await?;
     eprintln!(
         "backfill: {} objects listed, {} jobs; skipped: {} directory placeholders, {} without ETag, {} invalid",
         r.listed, r.jobs, r.placeholders, r.without_etag, r.invalid

@@ -8,14 +8,12 @@
 //! stays flat either way: one line at a time, and a line longer than the
 //! job size limit is skipped over without being held.
 
+use super::publish::JobPublisher;
 use super::validate::{Rules, validate_job};
-use super::{ConfirmWindow, EXIT_INVALID, EXIT_UNCONFIRMED, Exit, Progress, Settled};
-use crate::broker::{self, Names};
+use super::{EXIT_INVALID, EXIT_UNCONFIRMED, Exit, Progress};
+use crate::broker;
 use crate::config::Config;
 use anyhow::Context as _;
-use lapin::Connection;
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::FieldTable;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -239,103 +237,6 @@ fn validate_pass(
     Ok(())
 }
 
-/// Publishes validated jobs, keeping a window of confirms in flight, and
-/// reports every publish that did not become the broker's.
-pub(crate) struct JobPublisher {
-    window: ConfirmWindow<String>,
-    exchange: String,
-    routing_key: String,
-    pub published: u64,
-    pub unconfirmed: u64,
-    pub progress: Progress,
-}
-
-impl JobPublisher {
-    pub async fn open(
-        conn: &Connection,
-        cfg: &Config,
-        window: usize,
-        progress: Progress,
-    ) -> anyhow::Result<JobPublisher> {
-        let names = Names::new(&cfg.broker);
-        ensure_exchange(conn, &names.jobs_exchange).await?;
-        let ch = broker::confirm_channel(conn).await?;
-        Ok(JobPublisher {
-            window: ConfirmWindow::new(ch, window, cfg.broker.confirm_timeout),
-            exchange: names.jobs_exchange,
-            routing_key: names.jobs_routing_key,
-            published: 0,
-            unconfirmed: 0,
-            progress,
-        })
-    }
-
-    /// False once the channel failed: stop sending.
-    pub fn usable(&self) -> bool {
-        !self.window.is_broken()
-    }
-
-    /// Sends one job; `what` names it in failure reports.
-    pub async fn send(&mut self, what: String, job_id: &str, body: &[u8]) {
-        let props = broker::json_props(Some(job_id), None);
-        let settled = self
-            .window
-            .publish(what, &self.exchange, &self.routing_key, body, props)
-            .await;
-        self.count(settled);
-    }
-
-    pub async fn finish(mut self) -> (u64, u64) {
-        let settled = self.window.drain().await;
-        self.count(settled);
-        self.progress.finish();
-        (self.published, self.unconfirmed)
-    }
-
-    fn count(&mut self, settled: Vec<Settled<String>>) {
-        for (what, outcome) in settled {
-            match outcome {
-                Ok(()) => {
-                    self.published += 1;
-                    self.progress.inc(1);
-                }
-                Err(e) => {
-                    self.unconfirmed += 1;
-                    self.progress
-                        .println(&format!("{what}: not published: {e}"));
-                }
-            }
-        }
-    }
-}
-
-/// The jobs exchange must exist: publishing to a missing one would close
-/// the channel with a less helpful message.
-pub(crate) async fn ensure_exchange(conn: &Connection, exchange: &str) -> anyhow::Result<()> {
-    let ch = conn
-        .create_channel()
-        .await
-        .context("cannot open a RabbitMQ channel")?;
-    let opts = ExchangeDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        exchange.into(),
-        lapin::ExchangeKind::Direct,
-        opts,
-        FieldTable::default(),
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "exchange {exchange} is not usable ({e}); start the worker once with this configuration: it declares the topology"
-        )
-    })?;
-    let _ = ch.close(200, "checked".into()).await;
-    Ok(())
-}
-
 /// Validates every line of `input`, then (unless `dry_run`, or `strict` with
 /// bad lines) publishes the valid ones. Bad lines and failed publishes are
 /// printed on stderr as they are found.
@@ -409,7 +310,11 @@ pub async fn enqueue_lines(
             break;
         }
         publisher
-            .send(format!("line {n} (job {})", job.job_id), &job.job_id, &buf)
+            .send(
+                format!("line {n} (job {})", job.job_id),
+                job.job_id.as_str(),
+                &buf,
+            )
             .await;
         sent += 1;
     }
@@ -434,7 +339,18 @@ pub async fn enqueue_lines(
 /// The `enqueue` command.
 pub async fn run(cfg: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
     if let Some(prefix) = &args.s3_prefix {
-        return super::backfill::run(cfg, prefix, &args).await;
+        let check = args
+            .check
+            .clone()
+            .context("--check (document or face) is required with --s3-prefix")?;
+        let backfill = super::backfill::BackfillArgs {
+            check,
+            provider: args.provider.clone(),
+            metadata: args.metadata.clone(),
+            dry_run: args.dry_run,
+            window: args.window.into(),
+        };
+        return super::backfill::run(cfg, prefix, &backfill).await;
     }
     let input = Input::from_arg(args.file.clone());
     let report = enqueue_lines(cfg, input, args.dry_run, args.strict, args.window.into()).await?;

@@ -4,7 +4,8 @@
 //!
 //! They take the same configuration as `run`, so they find the broker, the
 //! prefixed names and S3 the way the worker does. Pieces shared here:
-//! - [`ConfirmWindow`]: many publishes in flight, confirms settled in order;
+//! - [`ConfirmWindow`](crate::broker::publish::ConfirmWindow) (in `broker`):
+//!   many publishes in flight, confirms settled in order;
 //! - [`HeldScan`]: reads a whole queue without consuming it. Every message
 //!   fetched stays unacked until the scan ends, so nothing is seen twice;
 //!   then the ones not taken are requeued one by one, in their original
@@ -21,17 +22,16 @@
 
 pub mod backfill;
 pub mod enqueue;
+mod publish;
 pub mod replay;
 pub mod status;
 pub mod validate;
 
 use anyhow::Context as _;
 use lapin::message::Delivery;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
-use lapin::{Confirmation, PublisherConfirm};
-use std::collections::VecDeque;
+use lapin::{Channel, Connection};
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
@@ -47,131 +47,6 @@ pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_UNCONFIRMED: u8 = 3;
 /// Stopped by SIGINT or SIGTERM before the end (the shell's 128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// Why one publish did not become the broker's responsibility.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SettleError {
-    #[error("the broker refused the message (publisher nack)")]
-    Nacked,
-    #[error("no queue is bound to the exchange for this routing key (message returned)")]
-    Unroutable,
-    #[error("no publisher confirm within {0:?}")]
-    Timeout(Duration),
-    #[error("channel failed: {0}")]
-    Channel(String),
-}
-
-/// Publishes with many messages in flight: each publish is sent at once,
-/// its confirm is awaited only when `size` others are waiting behind it.
-/// Publishes are `mandatory`, so a message no queue receives counts as
-/// failed instead of vanishing with a positive confirm.
-pub struct ConfirmWindow<T> {
-    ch: Channel,
-    pending: VecDeque<(T, PublisherConfirm)>,
-    size: usize,
-    timeout: Duration,
-    broken: bool,
-}
-
-/// The outcome of one publish, with the caller's tag.
-pub type Settled<T> = (T, Result<(), SettleError>);
-
-impl<T> ConfirmWindow<T> {
-    pub fn new(ch: Channel, size: usize, timeout: Duration) -> Self {
-        ConfirmWindow {
-            ch,
-            pending: VecDeque::new(),
-            size: size.max(1),
-            timeout,
-            broken: false,
-        }
-    }
-
-    /// The channel failed: nothing more can be published on it.
-    pub fn is_broken(&self) -> bool {
-        self.broken
-    }
-
-    /// Sends one message; returns the publishes that settled meanwhile.
-    pub async fn publish(
-        &mut self,
-        tag: T,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        props: BasicProperties,
-    ) -> Vec<Settled<T>> {
-        let mut settled = Vec::new();
-        while self.pending.len() >= self.size {
-            settled.push(self.settle_oldest().await);
-        }
-        let opts = BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        };
-        match self
-            .ch
-            .basic_publish(exchange.into(), routing_key.into(), opts, body, props)
-            .await
-        {
-            Ok(confirm) => self.pending.push_back((tag, confirm)),
-            Err(e) => {
-                self.broken = true;
-                settled.push((tag, Err(SettleError::Channel(e.to_string()))));
-            }
-        }
-        settled.extend(self.settle_ready());
-        settled
-    }
-
-    /// Waits for every outstanding confirm.
-    pub async fn drain(&mut self) -> Vec<Settled<T>> {
-        let mut settled = Vec::new();
-        while !self.pending.is_empty() {
-            settled.push(self.settle_oldest().await);
-        }
-        settled
-    }
-
-    async fn settle_oldest(&mut self) -> Settled<T> {
-        let (tag, confirm) = self.pending.pop_front().expect("a pending publish");
-        let outcome = match tokio::time::timeout(self.timeout, confirm).await {
-            Err(_) => Err(SettleError::Timeout(self.timeout)),
-            Ok(r) => self.outcome(r),
-        };
-        (tag, outcome)
-    }
-
-    /// Settles the oldest publishes whose confirm has already arrived, so
-    /// callers can act on them (ack a source message) without waiting for
-    /// the window to fill.
-    pub fn settle_ready(&mut self) -> Vec<Settled<T>> {
-        let mut settled = Vec::new();
-        while let Some((_, confirm)) = self.pending.front_mut() {
-            let Some(r) = futures_util::FutureExt::now_or_never(&mut *confirm) else {
-                break;
-            };
-            let (tag, _) = self.pending.pop_front().expect("front exists");
-            let outcome = self.outcome(r);
-            settled.push((tag, outcome));
-        }
-        settled
-    }
-
-    fn outcome(&mut self, r: lapin::Result<Confirmation>) -> Result<(), SettleError> {
-        match r {
-            Err(e) => {
-                self.broken = true;
-                Err(SettleError::Channel(e.to_string()))
-            }
-            Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_))) => {
-                Err(SettleError::Unroutable)
-            }
-            Ok(Confirmation::Nack(None)) => Err(SettleError::Nacked),
-            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
-        }
-    }
-}
 
 /// (ready messages, consumers) of a queue, by a passive declare on a
 /// channel of its own (a missing queue closes the channel); None when the

@@ -14,23 +14,23 @@
 //! with a fresh retry budget.
 
 use super::{
-    ConfirmWindow, EXIT_INTERRUPTED, EXIT_UNCONFIRMED, Exit, HeldScan, Progress, Settled,
-    enqueue::ensure_exchange, now_rfc3339,
+    EXIT_INTERRUPTED, EXIT_UNCONFIRMED, Exit, HeldScan, Progress, now_rfc3339,
+    publish::ensure_exchange,
 };
-use crate::broker::{self, H_ATTEMPTS, H_FIRST_RECEIVED, H_LADDER_STEP, Names};
+use crate::broker::publish::{ConfirmWindow, Settled};
+use crate::broker::{self, Names, headers};
 use crate::config::Config;
 use crate::domain::dead_letter::{DEAD_LETTER_SCHEMA, FailureClass};
 use lapin::Acker;
 use lapin::BasicProperties;
 use lapin::options::BasicAckOptions;
-use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use crate::broker::{H_REPLAYED_AT, H_REPLAYS};
+pub use crate::broker::headers::{H_REPLAYED_AT, H_REPLAYS};
 
 /// Which queue to replay from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -247,81 +247,24 @@ pub fn judge_poison(body: &[u8], f: &Filter) -> Verdict {
     }
 }
 
-fn int(v: &AMQPValue) -> Option<i64> {
-    match v {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(*n as i64),
-        AMQPValue::LongUInt(n) => Some(*n as i64),
-        AMQPValue::ShortInt(n) => Some(*n as i64),
-        AMQPValue::ShortUInt(n) => Some(*n as i64),
-        AMQPValue::ShortShortInt(n) => Some(*n as i64),
-        AMQPValue::ShortShortUInt(n) => Some(*n as i64),
-        _ => None,
-    }
-}
-
-/// Replays the message carried before (0 when none or unreadable).
-pub fn replays(props: &BasicProperties) -> u32 {
-    props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(H_REPLAYS))
-        .and_then(int)
-        .map_or(0, |n| n.clamp(0, u32::MAX as i64) as u32)
-}
-
-/// Headers the broker or the delay ladder own: dropped on replay.
-fn dropped_header(key: &str) -> bool {
-    key == "x-delivery-count"
-        || key.starts_with("x-death")
-        || key.starts_with("x-first-death")
-        || key.starts_with("x-last-death")
-        || key == H_ATTEMPTS
-        || key == H_LADDER_STEP
-        || key == H_FIRST_RECEIVED
-        || key == H_REPLAYS
-        || key == H_REPLAYED_AT
-}
-
 /// Properties of a replayed job. From a dead letter: a fresh JSON message
 /// with `message_id` = job_id and the dead letter's `correlation_id` (which
 /// the worker copied from the job). From the poison queue: the producer's
-/// own properties, minus broker and ladder headers. Both get the replay
-/// headers.
+/// own properties, minus the broker's and the worker's headers. Both get
+/// the replay headers, and no progress header: a fresh retry budget.
 pub fn replay_props(
     source: Source,
     original: &BasicProperties,
     job_id: Option<&str>,
     replayed_at: &str,
 ) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    let mut p = match source {
-        Source::Dead => broker::json_props(job_id, original.correlation_id().as_ref()),
+    match source {
+        Source::Dead => broker::json_props(job_id, original.correlation_id().as_ref())
+            .with_headers(headers::replayed(original, false, replayed_at)),
         Source::Poison => {
-            if let Some(h) = original.headers() {
-                for (k, v) in h.inner() {
-                    if !dropped_header(k.as_str()) {
-                        headers.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            let mut p = original.clone().with_delivery_mode(2);
-            if original.content_type().is_none() {
-                p = p.with_content_type("application/json".into());
-            }
-            p
+            headers::replay_props(original, headers::replayed(original, true, replayed_at))
         }
-    };
-    headers.insert(
-        H_REPLAYS.into(),
-        AMQPValue::LongLongInt(replays(original) as i64 + 1),
-    );
-    headers.insert(
-        H_REPLAYED_AT.into(),
-        AMQPValue::LongString(replayed_at.into()),
-    );
-    p = p.with_headers(headers);
-    p
+    }
 }
 
 /// What a replay did.
@@ -589,6 +532,8 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::headers::{H_ATTEMPTS, H_LADDER_STEP, replays};
+    use lapin::types::{AMQPValue, FieldTable};
 
     fn dl(class: &str, provider: Option<&str>, job: &str, failed_at: &str) -> String {
         let provider = provider.map_or(String::new(), |p| format!(r#","provider":"{p}""#));

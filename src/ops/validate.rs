@@ -21,7 +21,7 @@ pub struct Rules {
 impl Rules {
     pub fn from_config(c: &Config) -> Self {
         Rules {
-            routing: Routing::from_config(c),
+            routing: c.routing(),
             max_job_bytes: c.worker.max_job_bytes,
         }
     }
@@ -33,7 +33,9 @@ impl Rules {
 
 /// Validates one job body; the error is the reason in the worker's words.
 pub fn validate_job(body: &[u8], rules: &Rules) -> Result<Job, String> {
-    let (job, _) = parse_job(body, rules.max_job_bytes).map_err(|e| e.message)?;
+    let job = parse_job(body, rules.max_job_bytes)
+        .map_err(|e| e.message)?
+        .job;
     rules.routing.route(&job).map_err(|r| r.message)?;
     Ok(job)
 }

@@ -7,7 +7,8 @@ pub mod didit;
 pub mod intellicheck;
 
 use crate::domain::assessment::{Assessment, VendorRefs};
-use crate::domain::{Check, ProviderName, SignalName};
+use crate::domain::dead_letter::FailureClass;
+use crate::domain::{AttemptOutcome, Check, ProviderName, SignalName};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -26,7 +27,7 @@ pub struct Image {
 /// Everything a vendor call needs; borrowed from the pipeline.
 #[derive(Debug)]
 pub struct VendorRequest<'a> {
-    pub job_id: &'a str,
+    pub job_id: &'a crate::domain::job::JobId,
     pub check: Check,
     pub signals: &'a [SignalName],
     pub image: &'a Image,
@@ -34,18 +35,47 @@ pub struct VendorRequest<'a> {
     pub metadata: Option<&'a RawValue>,
 }
 
-/// What to do about a failed vendor call.
+/// What a failed vendor call means for the job. The pipeline decides from
+/// this alone whether to retry, park, pause the vendor or dead-letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Try again later: timeouts, 408/429/5xx, connection errors, the
-    /// vendor's own "failed to process" codes.
-    Transient,
-    /// Our request was wrong; replaying it unchanged cannot succeed.
-    Rejected,
-    /// The vendor refused our credentials: not a property of the job.
+    /// Worth another attempt: throttling (408/429) or the vendor's own
+    /// "failed to process" answers. `retry_after` is the vendor's wait.
+    Transient { retry_after: Option<Duration> },
+    /// The vendor looks down rather than this request failing: no answer
+    /// (connection error, timeout), a 5xx, or an answer we cannot read.
+    /// Retried like [`ErrorKind::Transient`], and counted by the circuit
+    /// breaker.
+    Outage { retry_after: Option<Duration> },
+    /// Replaying the request unchanged cannot succeed: a dead letter of this
+    /// class.
+    Permanent(FailureClass),
+    /// The vendor refused our credentials: not a property of the job; the
+    /// vendor is paused.
     Credentials,
-    /// The vendor's circuit breaker is open: no call was made.
-    Unavailable,
+}
+
+impl ErrorKind {
+    /// Worth retrying (in process, then on the ladder).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Transient { .. } | ErrorKind::Outage { .. })
+    }
+
+    pub fn retry_after(self) -> Option<Duration> {
+        match self {
+            ErrorKind::Transient { retry_after } | ErrorKind::Outage { retry_after } => retry_after,
+            _ => None,
+        }
+    }
+
+    /// The attempt's outcome for the audit trail and the metrics.
+    pub fn outcome(self) -> AttemptOutcome {
+        match self {
+            ErrorKind::Transient { .. } | ErrorKind::Outage { .. } => AttemptOutcome::Transient,
+            ErrorKind::Permanent(_) => AttemptOutcome::Rejected,
+            ErrorKind::Credentials => AttemptOutcome::Credentials,
+        }
+    }
 }
 
 /// A vendor call that produced no assessment.
@@ -55,8 +85,6 @@ pub struct VendorError {
     pub message: String,
     pub vendor_code: Option<String>,
     pub http_status: Option<u16>,
-    /// The vendor's `Retry-After`, when it sent one.
-    pub retry_after: Option<Duration>,
 }
 
 impl fmt::Display for VendorError {
@@ -73,20 +101,55 @@ impl fmt::Display for VendorError {
 }
 
 impl VendorError {
-    /// Looks like the vendor is down rather than this request failing:
-    /// what the circuit breaker counts.
-    pub fn is_outage(&self) -> bool {
-        self.kind == ErrorKind::Transient && self.http_status.is_none_or(|s| s >= 500)
-    }
-
-    pub fn transient(message: impl Into<String>) -> Self {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         VendorError {
-            kind: ErrorKind::Transient,
+            kind,
             message: message.into(),
             vendor_code: None,
             http_status: None,
-            retry_after: None,
         }
+    }
+
+    /// No usable answer: the vendor, or the path to it, is failing.
+    pub fn outage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Outage { retry_after: None }, message)
+    }
+
+    /// An answer that asks us to come back later.
+    pub fn transient(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self::new(ErrorKind::Transient { retry_after }, message)
+    }
+
+    /// Our request was wrong in a way no retry fixes.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::Permanent(FailureClass::VendorRejectedRequest),
+            message,
+        )
+    }
+
+    pub fn credentials(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Credentials, message)
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.http_status = Some(status);
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.vendor_code = Some(code.into());
+        self
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.kind.retry_after()
+    }
+
+    /// Looks like the vendor is down rather than this request failing:
+    /// what the circuit breaker counts.
+    pub fn is_outage(&self) -> bool {
+        matches!(self.kind, ErrorKind::Outage { .. })
     }
 
     /// Maps a reqwest failure that happened before any response arrived.
@@ -99,7 +162,7 @@ impl VendorError {
             "failed"
         };
         // The error's own text names the URL, never a header or the body.
-        VendorError::transient(format!("{vendor} request {what}: {}", error_chain(e)))
+        VendorError::outage(format!("{vendor} request {what}: {}", error_chain(e)))
     }
 
     /// The generic reading of an HTTP status that the vendor's own error
@@ -107,17 +170,17 @@ impl VendorError {
     pub fn from_status(vendor: ProviderName, status: u16, retry_after: Option<Duration>) -> Self {
         let (kind, what) = match status {
             401 | 403 => (ErrorKind::Credentials, "refused our credentials"),
-            408 | 429 => (ErrorKind::Transient, "asked us to slow down or try again"),
-            500..=599 => (ErrorKind::Transient, "had a server error"),
-            _ => (ErrorKind::Rejected, "rejected the request"),
+            408 | 429 => (
+                ErrorKind::Transient { retry_after },
+                "asked us to slow down or try again",
+            ),
+            500..=599 => (ErrorKind::Outage { retry_after }, "had a server error"),
+            _ => (
+                ErrorKind::Permanent(FailureClass::VendorRejectedRequest),
+                "rejected the request",
+            ),
         };
-        VendorError {
-            kind,
-            message: format!("{vendor} {what} (HTTP {status})"),
-            vendor_code: None,
-            http_status: Some(status),
-            retry_after,
-        }
+        VendorError::new(kind, format!("{vendor} {what} (HTTP {status})")).with_status(status)
     }
 }
 
@@ -170,14 +233,12 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// Asking a vendor without an asynchronous mode for one is a worker bug.
 fn no_async_mode(vendor: ProviderName) -> VendorError {
-    VendorError {
-        kind: ErrorKind::Rejected,
-        message: format!("{vendor} has no asynchronous mode"),
-        vendor_code: None,
-        http_status: None,
-        retry_after: None,
-    }
+    VendorError::new(
+        ErrorKind::Permanent(FailureClass::Internal),
+        format!("{vendor} has no asynchronous mode"),
+    )
 }
 
 /// What an asynchronous submission got back (see

@@ -112,8 +112,8 @@ fn zlib_stored(data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::image::sniff_content_type;
     use crate::emulator::scenario;
-    use crate::image::sniff_content_type;
 
     #[test]
     fn png_carries_scenario_and_is_sized() {

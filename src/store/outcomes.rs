@@ -1,4 +1,4 @@
-//! The results store (DESIGN §5 "pay once"): one record per job_id holding
+//! The results store ("pay once", docs/reliability.md): one record per job_id holding
 //! the published result and the digest of the image it is about, written
 //! before the result is published and read before any vendor call; plus an
 //! audit trail of every vendor attempt.
@@ -11,9 +11,10 @@
 //! - `pending/<job_id>.json`: a [`PendingSubmission`] while a vendor works
 //!   on the job asynchronously (Argos callback mode).
 
-use crate::domain::ProviderName;
 use crate::domain::assessment::VendorRefs;
+use crate::domain::job::JobId;
 use crate::domain::result::LivenessResult;
+use crate::domain::{AttemptOutcome, ProviderName};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +26,7 @@ pub const PENDING_SCHEMA: &str = "liveness.pending.v1";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredOutcome {
     pub schema: String,
-    pub job_id: String,
+    pub job_id: JobId,
     /// Lowercase hex SHA-256 of the image the verdict is about.
     pub image_sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,8 +56,7 @@ pub struct AttemptRecord {
     /// RFC 3339.
     pub started_at: String,
     pub duration_ms: u64,
-    /// `ok`, `transient`, `rejected` or `credentials`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,7 +75,7 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptLog {
     pub schema: String,
-    pub job_id: String,
+    pub job_id: JobId,
     /// What happened to the delivery, e.g. `retry step 0` or
     /// `dead letter retries_exhausted`.
     pub disposition: String,
@@ -88,7 +88,7 @@ pub struct AttemptLog {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingSubmission {
     pub schema: String,
-    pub job_id: String,
+    pub job_id: JobId,
     /// The job as the producer sent it.
     pub job: Box<serde_json::value::RawValue>,
     /// The AMQP correlation_id of the job, copied onto the outcome.
@@ -128,27 +128,28 @@ pub enum OutcomeError {
 #[async_trait]
 pub trait OutcomeStore: Send + Sync + 'static {
     /// The job's stored outcome, if it has one.
-    async fn load(&self, job_id: &str) -> Result<Option<StoredOutcome>, OutcomeError>;
+    async fn load(&self, job_id: &JobId) -> Result<Option<StoredOutcome>, OutcomeError>;
     async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError>;
     async fn save_attempts(&self, log: &AttemptLog) -> Result<(), OutcomeError>;
-    async fn load_pending(&self, job_id: &str) -> Result<Option<PendingSubmission>, OutcomeError>;
+    async fn load_pending(&self, job_id: &JobId)
+    -> Result<Option<PendingSubmission>, OutcomeError>;
     async fn save_pending(&self, pending: &PendingSubmission) -> Result<(), OutcomeError>;
-    async fn delete_pending(&self, job_id: &str) -> Result<(), OutcomeError>;
+    async fn delete_pending(&self, job_id: &JobId) -> Result<(), OutcomeError>;
     /// Where a job's outcome lives, for messages (`s3://...`).
-    fn location(&self, job_id: &str) -> String;
+    fn location(&self, job_id: &JobId) -> String;
 }
 
 /// Object keys, shared by the S3 implementation and anything that reads the
 /// store (operators, tests).
-pub fn outcome_key(prefix: &str, job_id: &str) -> String {
+pub fn outcome_key(prefix: &str, job_id: &JobId) -> String {
     format!("{prefix}outcomes/{job_id}.json")
 }
 
-pub fn pending_key(prefix: &str, job_id: &str) -> String {
+pub fn pending_key(prefix: &str, job_id: &JobId) -> String {
     format!("{prefix}pending/{job_id}.json")
 }
 
-pub fn attempts_key(prefix: &str, job_id: &str, first: u32, last: u32) -> String {
+pub fn attempts_key(prefix: &str, job_id: &JobId, first: u32, last: u32) -> String {
     format!("{prefix}attempts/{job_id}/{first:06}-{last:06}.json")
 }
 
@@ -158,12 +159,13 @@ mod tests {
 
     #[test]
     fn keys_keep_job_ids_readable_and_sort_attempts() {
-        assert_eq!(outcome_key("", "a:b.c-1"), "outcomes/a:b.c-1.json");
-        assert_eq!(outcome_key("t/", "x"), "t/outcomes/x.json");
+        let id = |s: &str| JobId::parse(s).unwrap();
+        assert_eq!(outcome_key("", &id("a:b.c-1")), "outcomes/a:b.c-1.json");
+        assert_eq!(outcome_key("t/", &id("x")), "t/outcomes/x.json");
         assert_eq!(
-            attempts_key("", "x", 1, 12),
+            attempts_key("", &id("x"), 1, 12),
             "attempts/x/000001-000012.json"
         );
-        assert!(attempts_key("", "x", 2, 3) < attempts_key("", "x", 10, 10));
+        assert!(attempts_key("", &id("x"), 2, 3) < attempts_key("", &id("x"), 10, 10));
     }
 }

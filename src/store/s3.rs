@@ -5,7 +5,7 @@ use super::outcomes::{
 };
 use super::{AttemptLog, FetchError, ImageStore, OutcomeError, OutcomeStore, StoredOutcome};
 use crate::config::S3Config;
-use crate::domain::job::S3Uri;
+use crate::domain::job::{JobId, S3Uri};
 use async_trait::async_trait;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -46,8 +46,9 @@ impl S3Store {
                 aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
             )
             .force_path_style(cfg.force_path_style);
-        if !cfg.endpoint.is_empty() {
-            b = b.endpoint_url(&cfg.endpoint);
+        if let Some(endpoint) = &cfg.endpoint {
+            // Url keeps a trailing slash the SDK would double in paths.
+            b = b.endpoint_url(endpoint.as_str().trim_end_matches('/'));
         }
         if cfg.access_key_id.is_empty() {
             // The standard chain: environment, web identity (IRSA), ECS, IMDS.
@@ -324,7 +325,7 @@ impl S3Outcomes {
 
 #[async_trait]
 impl OutcomeStore for S3Outcomes {
-    async fn load(&self, job_id: &str) -> Result<Option<StoredOutcome>, OutcomeError> {
+    async fn load(&self, job_id: &JobId) -> Result<Option<StoredOutcome>, OutcomeError> {
         self.get_json(&outcome_key(&self.prefix, job_id), OUTCOME_SCHEMA)
             .await
     }
@@ -347,7 +348,10 @@ impl OutcomeStore for S3Outcomes {
         .await
     }
 
-    async fn load_pending(&self, job_id: &str) -> Result<Option<PendingSubmission>, OutcomeError> {
+    async fn load_pending(
+        &self,
+        job_id: &JobId,
+    ) -> Result<Option<PendingSubmission>, OutcomeError> {
         self.get_json(&pending_key(&self.prefix, job_id), PENDING_SCHEMA)
             .await
     }
@@ -358,7 +362,7 @@ impl OutcomeStore for S3Outcomes {
             .await
     }
 
-    async fn delete_pending(&self, job_id: &str) -> Result<(), OutcomeError> {
+    async fn delete_pending(&self, job_id: &JobId) -> Result<(), OutcomeError> {
         let key = pending_key(&self.prefix, job_id);
         self.client
             .delete_object()
@@ -376,7 +380,7 @@ impl OutcomeStore for S3Outcomes {
         Ok(())
     }
 
-    fn location(&self, job_id: &str) -> String {
+    fn location(&self, job_id: &JobId) -> String {
         format!("s3://{}/{}", self.bucket, outcome_key(&self.prefix, job_id))
     }
 }

@@ -5,8 +5,8 @@
 
 use crate::harness::{TestEnv, wait_for};
 use crate::telemetry::series;
-use liveness_worker::callbacks;
 use liveness_worker::domain::ProviderName;
+use liveness_worker::pipeline::token as callbacks;
 use liveness_worker::samples;
 use liveness_worker::telemetry::Telemetry;
 use liveness_worker::worker;
@@ -313,6 +313,15 @@ async fn a_dropped_callback_is_submitted_again_then_given_up() {
     assert_eq!(r["verdict"], "live");
     assert_eq!(r["attempts"], 2);
 
+    // Its second submission waits out the callback wait too (then finds it
+    // settled): let it go, so the queue holds only the next job.
+    wait_for(
+        "the settled job to leave the callback wait",
+        10,
+        async || t.depth(&t.names.callback_wait_queue.clone()).await == 0,
+    )
+    .await;
+
     // The vendor never answers: two submissions, then retries_exhausted.
     set_callbacks(&t, json!({"drop_all": true})).await;
     let never = t
@@ -373,7 +382,7 @@ async fn another_replica_completes_a_job_whose_submitter_died() {
     let mut t = TestEnv::new("cb-handover", &callback_toml(port_b, port_b, "30s", 2)).await;
     set_callbacks(&t, json!({"delay_ms": 3000})).await;
     let mut cfg_a = t.cfg.clone();
-    cfg_a.providers.argos.callback_listen = format!("127.0.0.1:{port_a}");
+    cfg_a.providers.argos.callback_listen = ([127, 0, 0, 1], port_a).into();
     let stop_a = CancellationToken::new();
     let pipeline_a = worker::build_pipeline(&cfg_a, Telemetry::default().metrics.clone())
         .await

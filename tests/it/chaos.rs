@@ -15,8 +15,8 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, Queu
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use liveness_worker::broker::Names;
 use liveness_worker::config::Config;
+use liveness_worker::domain::image::sha256_hex;
 use liveness_worker::emulator::{Emulator, EmulatorConfig, Faults};
-use liveness_worker::image::sha256_hex;
 use liveness_worker::samples;
 use liveness_worker::store::S3Store;
 use serde_json::{Value, json};

@@ -263,7 +263,7 @@ async fn vendor_errors_land_in_their_class() {
     // The first receipt time survives the ladder.
     assert!(v["first_attempt_at"].as_str().unwrap() < v["failed_at"].as_str().unwrap());
     assert_eq!(
-        t.submissions_for(&liveness_worker::image::sha256_hex(&rejected))
+        t.submissions_for(&liveness_worker::domain::image::sha256_hex(&rejected))
             .await,
         1
     );

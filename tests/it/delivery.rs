@@ -4,7 +4,7 @@
 use crate::harness::{TestEnv, wait_for};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use liveness_worker::image::sha256_hex;
+use liveness_worker::domain::image::sha256_hex;
 use liveness_worker::samples;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! biometric attribute or media URL anywhere downstream.
 
 use crate::harness::{TestEnv, wait_for};
-use liveness_worker::image::sha256_hex;
+use liveness_worker::domain::image::sha256_hex;
 use liveness_worker::samples;
 use serde_json::{Value, json};
 use std::time::Duration;

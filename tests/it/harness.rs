@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use liveness_worker::broker::Names;
 use liveness_worker::config::Config;
+use liveness_worker::domain::job::JobId;
 use liveness_worker::emulator::{Emulator, EmulatorConfig};
 use liveness_worker::store::S3Store;
 use liveness_worker::telemetry::Telemetry;
@@ -338,7 +339,7 @@ impl TestEnv {
     pub async fn stored_outcome(&self, job_id: &str) -> Option<Value> {
         self.results_record(&liveness_worker::store::outcomes::outcome_key(
             &self.cfg.results.prefix,
-            job_id,
+            &JobId::parse(job_id).expect("a valid job_id"),
         ))
         .await
     }
@@ -347,7 +348,7 @@ impl TestEnv {
     pub async fn pending_record(&self, job_id: &str) -> Option<Value> {
         self.results_record(&liveness_worker::store::outcomes::pending_key(
             &self.cfg.results.prefix,
-            job_id,
+            &JobId::parse(job_id).expect("a valid job_id"),
         ))
         .await
     }

@@ -3,7 +3,7 @@
 //! one submission per side per attempt.
 
 use crate::harness::{TestEnv, wait_for};
-use liveness_worker::image::sha256_hex;
+use liveness_worker::domain::image::sha256_hex;
 use liveness_worker::samples;
 use serde_json::{Value, json};
 
@@ -865,7 +865,7 @@ async fn intellicheck_adapter_response_signature_policies() {
     use liveness_worker::domain::{Check, SignalName};
     use liveness_worker::emulator::{Emulator, EmulatorConfig};
     use liveness_worker::providers::intellicheck::Intellicheck;
-    use liveness_worker::providers::{ErrorKind, Image, Provider, VendorRequest};
+    use liveness_worker::providers::{Image, Provider, VendorRequest};
     liveness_worker::install_crypto_provider();
     let emu = Emulator::start(EmulatorConfig::local("a").with_intellicheck("c", "signing"))
         .await
@@ -881,8 +881,9 @@ async fn intellicheck_adapter_response_signature_policies() {
         bytes: bytes.into(),
         content_type: "image/png",
     };
+    let job_id = liveness_worker::domain::job::JobId::parse("j").unwrap();
     let req = VendorRequest {
-        job_id: "j",
+        job_id: &job_id,
         check: Check::Document,
         signals: &SignalName::DOCUMENT,
         image: &image,
@@ -926,7 +927,7 @@ async fn intellicheck_adapter_response_signature_policies() {
             }
             Err(e) => {
                 assert!(!ok, "{signing}/{policy}: {e}");
-                assert_eq!(e.kind, ErrorKind::Transient);
+                assert!(e.is_outage(), "{e}");
                 let want = if signing == "wrong" {
                     "failed signature verification"
                 } else {

@@ -2,6 +2,7 @@
 //! on its own randomly prefixed queues and S3 keys. Run through
 //! `scripts/test.sh`, which starts the services and exports their settings.
 
+mod architecture;
 mod callbacks;
 mod chaos;
 mod dead_letters;

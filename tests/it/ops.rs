@@ -118,6 +118,7 @@ async fn dead_letter(
         class,
         body.as_bytes(),
         broker::json_props(Some(id), Some(&format!("corr-{id}").as_str().into())),
+        false,
         Duration::from_secs(5),
     )
     .await
@@ -537,7 +538,8 @@ async fn replay_by_class_moves_exactly_the_matching_and_keeps_order() {
             Some(AMQPValue::LongString(_))
         ));
         assert!(
-            header(p, broker::H_ATTEMPTS).is_none() && header(p, broker::H_LADDER_STEP).is_none()
+            header(p, broker::headers::H_ATTEMPTS).is_none()
+                && header(p, broker::headers::H_LADDER_STEP).is_none()
         );
         assert_eq!(
             p.correlation_id().as_ref().unwrap().to_string(),
@@ -570,7 +572,10 @@ async fn replay_from_poison_resets_the_ladder_headers() {
     let t = env("poison").await;
     for i in 0..3 {
         let mut h = FieldTable::default();
-        h.insert(broker::H_ATTEMPTS.into(), AMQPValue::LongLongInt(4));
+        h.insert(
+            broker::headers::H_ATTEMPTS.into(),
+            AMQPValue::LongLongInt(4),
+        );
         h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(21));
         h.insert("tenant".into(), AMQPValue::LongString("acme".into()));
         let id = format!("p-{i}");
@@ -583,6 +588,7 @@ async fn replay_from_poison_resets_the_ladder_headers() {
                 .with_headers(h)
                 .with_message_id(id.as_str().into())
                 .with_delivery_mode(2),
+            false,
             Duration::from_secs(5),
         )
         .await
@@ -599,7 +605,7 @@ async fn replay_from_poison_resets_the_ladder_headers() {
             header(p, "tenant"),
             Some(&AMQPValue::LongString("acme".into()))
         );
-        assert!(header(p, broker::H_ATTEMPTS).is_none(), "{p:?}");
+        assert!(header(p, broker::headers::H_ATTEMPTS).is_none(), "{p:?}");
         // The broker's count for the jobs queue starts afresh (it sets 0 itself).
         assert!(
             matches!(
@@ -850,6 +856,7 @@ async fn a_replayed_job_that_fails_again_counts_its_replays_and_then_completes()
         "image_not_found",
         &serde_json::to_vec(&d.2).unwrap(),
         d.1.clone(),
+        false,
         Duration::from_secs(5),
     )
     .await

@@ -5,7 +5,7 @@
 
 use crate::harness::{TestEnv, wait_for};
 use crate::telemetry::series;
-use liveness_worker::image::sha256_hex;
+use liveness_worker::domain::image::sha256_hex;
 use liveness_worker::samples;
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 
 use crate::harness::{TestEnv, corr};
 use lapin::BasicProperties;
-use liveness_worker::image::sha256_hex;
+use liveness_worker::domain::image::sha256_hex;
 use liveness_worker::samples;
 use serde_json::{Value, json};
 

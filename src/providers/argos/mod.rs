@@ -7,12 +7,12 @@ pub mod wire;
 
 use crate::config::ArgosConfig;
 use crate::domain::assessment::{Assessment, VendorRefs};
+use crate::domain::bands::Bands;
 use crate::domain::{Check, ProviderName, SignalName};
 use crate::providers::{Provider, Submission, VendorError, VendorRequest, retry_after};
 use async_trait::async_trait;
 use body::Base64JsonBody;
 use bytes::Bytes;
-use normalize::Bands;
 use std::time::Duration;
 use wire::{Accepted, DocumentRequestTail, DocumentResponse, FaceResponse, Pipelines};
 
@@ -36,7 +36,7 @@ impl Argos {
                 )
             })?;
         api_key.set_sensitive(true);
-        let base = cfg.base_url.trim_end_matches('/');
+        let base = cfg.base_url.as_str().trim_end_matches('/');
         Ok(Argos {
             http,
             document_url: format!("{base}/document"),
@@ -109,13 +109,13 @@ impl Provider for Argos {
                     200 => {
                         let parsed: DocumentResponse =
                             serde_json::from_slice(&bytes).map_err(|e| {
-                                VendorError::transient(format!(
+                                VendorError::outage(format!(
                                     "argos answered 200 with a body we cannot read: {e}"
                                 ))
                             })?;
                         normalize::document(&parsed, req.signals, &self.document_bands)
                     }
-                    201 => Err(VendorError::transient(
+                    201 => Err(VendorError::outage(
                         "argos answered 201 (asynchronous) to a synchronous request",
                     )),
                     _ => normalize::error_response(status, &bytes, retry_after, req.signals),
@@ -127,7 +127,7 @@ impl Provider for Argos {
                 match status {
                     200 => {
                         let parsed: FaceResponse = serde_json::from_slice(&bytes).map_err(|e| {
-                            VendorError::transient(format!(
+                            VendorError::outage(format!(
                                 "argos answered 200 with a body we cannot read: {e}"
                             ))
                         })?;
@@ -153,7 +153,7 @@ impl Provider for Argos {
         match status {
             201 => {
                 let accepted: Accepted = serde_json::from_slice(&bytes).map_err(|e| {
-                    VendorError::transient(format!(
+                    VendorError::outage(format!(
                         "argos answered 201 with a body we cannot read: {e}"
                     ))
                 })?;
@@ -165,7 +165,7 @@ impl Provider for Argos {
             }
             200 => {
                 let parsed: DocumentResponse = serde_json::from_slice(&bytes).map_err(|e| {
-                    VendorError::transient(format!(
+                    VendorError::outage(format!(
                         "argos answered 200 with a body we cannot read: {e}"
                     ))
                 })?;
@@ -184,11 +184,11 @@ impl Provider for Argos {
     ) -> Result<Assessment, VendorError> {
         // Success and error callbacks are both flat; only a success has `result`.
         let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-            VendorError::transient(format!("argos posted a callback that is not JSON: {e}"))
+            VendorError::outage(format!("argos posted a callback that is not JSON: {e}"))
         })?;
         if v.get("result").is_some() {
             let parsed: DocumentResponse = serde_json::from_value(v).map_err(|e| {
-                VendorError::transient(format!(
+                VendorError::outage(format!(
                     "argos posted a success callback we cannot read: {e}"
                 ))
             })?;
@@ -249,7 +249,7 @@ mod tests {
             .unwrap()
             .providers
             .argos;
-        cfg.base_url = format!("http://{addr}/modules");
+        cfg.base_url = format!("http://{addr}/modules").parse().unwrap();
         cfg.api_key = crate::config::Secret::new("k");
         let argos = Argos::new(reqwest::Client::new(), &cfg).unwrap();
         let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -259,8 +259,9 @@ mod tests {
             content_type: "image/png",
             sha256: String::new(),
         };
+        let job_id = crate::domain::job::JobId::parse("j").unwrap();
         let req = VendorRequest {
-            job_id: "j",
+            job_id: &job_id,
             check: Check::Face,
             signals: &[],
             image: &image,

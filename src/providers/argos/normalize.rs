@@ -2,43 +2,11 @@
 
 use super::wire::{DocumentResponse, ErrorFields, FaceResponse, PipelineScore};
 use crate::domain::assessment::{Assessment, SignalOutcome, VendorRefs};
+use crate::domain::bands::Bands;
+use crate::domain::dead_letter::FailureClass;
 use crate::domain::{ProviderName, SignalName, SignalVerdict};
 use crate::providers::{ErrorKind, VendorError};
-use serde::Deserialize;
 use std::time::Duration;
-
-/// Our verdict policy on Argos's 0–100 `liveness_score`. The defaults follow
-/// the vendor's published risk bands (CONTRACTS): above 60 is low or very low
-/// risk (live), 31–60 medium (review), 0–30 high (spoof).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Bands {
-    /// Scores strictly above this are live.
-    pub live_above: f64,
-    /// Scores at or below this are spoof; between the two, review.
-    pub spoof_at_or_below: f64,
-}
-
-impl Default for Bands {
-    fn default() -> Self {
-        Bands {
-            live_above: 60.0,
-            spoof_at_or_below: 30.0,
-        }
-    }
-}
-
-impl Bands {
-    pub fn verdict(&self, score: f64) -> SignalVerdict {
-        if score <= self.spoof_at_or_below {
-            SignalVerdict::Spoof
-        } else if score <= self.live_above {
-            SignalVerdict::Review
-        } else {
-            SignalVerdict::Live
-        }
-    }
-}
 
 /// The vendor's own risk band for a score (callback page). Fractional
 /// scores between the integer bands fall into the higher-risk band, the
@@ -61,7 +29,7 @@ fn score_of(p: &PipelineScore, signal: SignalName) -> Result<f64, VendorError> {
         .as_f64()
         .filter(|v| (0.0..=100.0).contains(v));
     v.ok_or_else(|| {
-        VendorError::transient(format!(
+        VendorError::outage(format!(
             "argos returned liveness_score {} for {signal}, outside 0-100",
             p.liveness_score
         ))
@@ -183,16 +151,19 @@ pub fn error_response(
             ));
         }
         "1001" => ErrorKind::Credentials,
-        "1003" => ErrorKind::Transient,
-        "1005" | "1007" | "1008" | "1010" | "1016" => ErrorKind::Rejected,
+        "1003" => ErrorKind::Transient { retry_after },
+        "1005" | "1007" | "1008" | "1010" | "1016" => {
+            ErrorKind::Permanent(FailureClass::VendorRejectedRequest)
+        }
         // An undocumented code: trust the HTTP status.
-        _ => VendorError::from_status(ProviderName::Argos, status, None).kind,
+        _ => VendorError::from_status(ProviderName::Argos, status, retry_after).kind,
     };
     let advice = match kind {
         ErrorKind::Credentials => "check the argos API key and workspace",
-        ErrorKind::Unavailable => "argos is unavailable",
-        ErrorKind::Transient => "the vendor failed to process it; it will be retried",
-        ErrorKind::Rejected => {
+        ErrorKind::Transient { .. } | ErrorKind::Outage { .. } => {
+            "the vendor failed to process it; it will be retried"
+        }
+        ErrorKind::Permanent(_) => {
             "the worker sent a request argos considers malformed; report it as a worker bug"
         }
     };
@@ -201,7 +172,6 @@ pub fn error_response(
         message: format!("argos answered error {code} \"{vendor_message}\": {advice}"),
         vendor_code: Some(code),
         http_status: Some(status),
-        retry_after,
     })
 }
 
@@ -317,7 +287,7 @@ mod tests {
     fn out_of_range_score_is_a_vendor_fault() {
         let r = resp(json!({"result":{"screenReplay":{"liveness_score":140}}}));
         let e = document(&r, &ALL, &Bands::default()).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Transient);
+        assert_eq!(e.kind, ErrorKind::Outage { retry_after: None });
     }
 
     #[test]
@@ -371,24 +341,24 @@ mod tests {
                     .all(|s| s.verdict == SignalVerdict::NotPerformed)
             );
         }
+        let rejected = ErrorKind::Permanent(FailureClass::VendorRejectedRequest);
+        let wait = Some(Duration::from_secs(2));
         for (code, kind) in [
-            ("1003", ErrorKind::Transient),
-            ("1005", ErrorKind::Rejected),
-            ("1007", ErrorKind::Rejected),
-            ("1008", ErrorKind::Rejected),
-            ("1010", ErrorKind::Rejected),
-            ("1016", ErrorKind::Rejected),
+            ("1003", ErrorKind::Transient { retry_after: wait }),
+            ("1005", rejected),
+            ("1007", rejected),
+            ("1008", rejected),
+            ("1010", rejected),
+            ("1016", rejected),
             ("1001", ErrorKind::Credentials),
         ] {
             let as_string = format!(r#"{{"error":{{"errorCode":"{code}","message":"m"}}}}"#);
             let as_number = format!(r#"{{"errorCode":{code},"message":"m"}}"#);
             for body in [as_string, as_number] {
-                let e = error_response(400, body.as_bytes(), Some(Duration::from_secs(2)), &ALL)
-                    .unwrap_err();
+                let e = error_response(400, body.as_bytes(), wait, &ALL).unwrap_err();
                 assert_eq!(e.kind, kind, "{body}");
                 assert_eq!(e.vendor_code.as_deref(), Some(code));
                 assert_eq!(e.http_status, Some(400));
-                assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
             }
         }
         let face = error_response(
@@ -404,13 +374,16 @@ mod tests {
     #[test]
     fn bodies_without_a_code_fall_back_to_the_status() {
         for (status, kind) in [
-            (500, ErrorKind::Transient),
-            (502, ErrorKind::Transient),
-            (429, ErrorKind::Transient),
-            (408, ErrorKind::Transient),
+            (500, ErrorKind::Outage { retry_after: None }),
+            (502, ErrorKind::Outage { retry_after: None }),
+            (429, ErrorKind::Transient { retry_after: None }),
+            (408, ErrorKind::Transient { retry_after: None }),
             (401, ErrorKind::Credentials),
             (403, ErrorKind::Credentials),
-            (413, ErrorKind::Rejected),
+            (
+                413,
+                ErrorKind::Permanent(FailureClass::VendorRejectedRequest),
+            ),
         ] {
             for body in [
                 &b"<html>bad gateway</html>"[..],

@@ -37,7 +37,11 @@ impl Didit {
         api_key.set_sensitive(true);
         Ok(Didit {
             http,
-            url: format!("{}{}", cfg.base_url.trim_end_matches('/'), wire::PATH),
+            url: format!(
+                "{}{}",
+                cfg.base_url.as_str().trim_end_matches('/'),
+                wire::PATH
+            ),
             api_key,
             timeout: cfg.timeout,
             save_api_request: cfg.save_api_request,
@@ -137,7 +141,7 @@ impl Provider for Didit {
         let report: Report = serde_json::from_slice(&body).map_err(|e| {
             // Position and category only: serde's own text can quote values
             // from a body that carries biometric data.
-            VendorError::transient(format!(
+            VendorError::outage(format!(
                 "didit answered 200 with a report we cannot read ({:?} error at line {} column {})",
                 e.classify(),
                 e.line(),
@@ -187,6 +191,7 @@ mod tests {
 
     use crate::config::{Config, Secret};
     use crate::domain::Verdict;
+    use crate::domain::dead_letter::FailureClass;
     use crate::emulator::{Emulator, EmulatorConfig};
     use crate::providers::ErrorKind;
     use futures_util::StreamExt as _;
@@ -194,8 +199,8 @@ mod tests {
     fn image(bytes: Vec<u8>) -> Image {
         Image {
             uri: "s3://b/applicants/42/selfie.png".into(),
-            content_type: crate::image::sniff_content_type(&bytes).unwrap(),
-            sha256: crate::image::sha256_hex(&bytes),
+            content_type: crate::domain::image::sniff_content_type(&bytes).unwrap(),
+            sha256: crate::domain::image::sha256_hex(&bytes),
             bytes: bytes.into(),
         }
     }
@@ -203,7 +208,7 @@ mod tests {
     fn adapter(base_url: &str, key: &str, extra: &str) -> Didit {
         crate::install_crypto_provider();
         let mut cfg = Config::from_toml(extra).unwrap().providers.didit;
-        cfg.base_url = base_url.to_owned();
+        cfg.base_url = base_url.parse().unwrap();
         cfg.api_key = Secret::new(key);
         Didit::new(reqwest::Client::new(), &cfg).unwrap()
     }
@@ -214,7 +219,7 @@ mod tests {
         metadata: Option<&RawValue>,
     ) -> Result<Assessment, VendorError> {
         d.verify(&VendorRequest {
-            job_id: "j",
+            job_id: &crate::domain::job::JobId::parse("j").unwrap(),
             check: crate::domain::Check::Face,
             signals: &[crate::domain::SignalName::FaceLiveness],
             image: img,
@@ -308,18 +313,23 @@ mod tests {
         let e = verify(&d, &png(3, r#"{"error":400}"#), None)
             .await
             .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert_eq!(
+            e.kind,
+            ErrorKind::Permanent(FailureClass::VendorRejectedRequest)
+        );
         assert!(e.message.contains("Upload a valid image"), "{}", e.message);
         let e = verify(&d, &png(4, r#"{"error":429}"#), None)
             .await
             .unwrap_err();
-        assert_eq!((e.kind, e.http_status), (ErrorKind::Transient, Some(429)));
-        assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
+        let wait = Some(Duration::from_secs(1));
+        assert_eq!(
+            (e.kind, e.http_status),
+            (ErrorKind::Transient { retry_after: wait }, Some(429))
+        );
         let e = verify(&d, &png(5, r#"{"error":503}"#), None)
             .await
             .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Transient);
-        assert!(e.is_outage());
+        assert!(e.is_outage(), "{e}");
         let e = verify(&d, &png(6, r#"{"error":403}"#), None)
             .await
             .unwrap_err();
@@ -349,7 +359,6 @@ mod tests {
         let e = verify(&d, &png(9, r#"{"face":90}"#), None)
             .await
             .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Transient);
         assert!(e.is_outage(), "{e}");
         faults(serde_json::json!({"vendor": "didit", "drop_rate": 0.0, "timeout_rate": 1.0})).await;
         let impatient = adapter(
@@ -360,7 +369,7 @@ mod tests {
         let e = verify(&impatient, &png(10, r#"{"face":90}"#), None)
             .await
             .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.is_outage(), "{e}");
         assert!(e.message.contains("timed out"), "{}", e.message);
     }
 }

@@ -23,6 +23,7 @@ use crate::domain::ProviderName;
 use crate::domain::SignalName;
 use crate::domain::SignalVerdict;
 use crate::domain::assessment::{Assessment, Severity, SignalOutcome, VendorRefs, Warning};
+use crate::domain::dead_letter::FailureClass;
 use crate::providers::{ErrorKind, VendorError};
 use serde_json::Number;
 use std::time::Duration;
@@ -59,7 +60,7 @@ pub fn report(r: &Report, threshold: Option<f64>) -> Result<Assessment, VendorEr
             n.as_f64()
                 .filter(|v| (0.0..=100.0).contains(v))
                 .ok_or_else(|| {
-                    VendorError::transient(format!("didit returned score {n}, outside 0-100"))
+                    VendorError::outage(format!("didit returned score {n}, outside 0-100"))
                 })?,
         ),
         None => None,
@@ -197,7 +198,7 @@ pub fn error_response(status: u16, body: &[u8], retry_after: Option<Duration>) -
         .map_or_else(String::new, |t| format!(": \"{t}\""));
     let (kind, message) = match status {
         400 => (
-            ErrorKind::Rejected,
+            ErrorKind::Permanent(FailureClass::VendorRejectedRequest),
             format!("didit rejected the request as malformed (HTTP 400){said}"),
         ),
         401 => (
@@ -225,7 +226,7 @@ pub fn error_response(status: u16, body: &[u8], retry_after: Option<Duration>) -
             )
         }
         429 => (
-            ErrorKind::Transient,
+            ErrorKind::Transient { retry_after },
             format!("didit rate limit reached (HTTP 429){said}; waiting before the next call"),
         ),
         _ => {
@@ -239,7 +240,6 @@ pub fn error_response(status: u16, body: &[u8], retry_after: Option<Duration>) -
         message,
         vendor_code: None,
         http_status: Some(status),
-        retry_after,
     }
 }
 
@@ -533,15 +533,18 @@ mod tests {
     #[test]
     fn out_of_range_score_is_a_vendor_fault() {
         let e = report(&standalone("Approved", json!(101), json!([])), None).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.is_outage(), "{e}");
         let e = report(&standalone("Approved", json!(-1), json!([])), None).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.is_outage(), "{e}");
     }
 
     #[test]
     fn errors_map_to_their_class() {
         let e = error_response(400, br#"{"user_image":["This field is required."]}"#, None);
-        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert_eq!(
+            e.kind,
+            ErrorKind::Permanent(FailureClass::VendorRejectedRequest)
+        );
         assert_eq!(
             e.message,
             "didit rejected the request as malformed (HTTP 400): \"user_image: This field is required.\""
@@ -563,16 +566,23 @@ mod tests {
         assert!(e.message.contains("no key was sent"), "{}", e.message);
         assert!(e.message.contains("credit"), "{}", e.message);
         let e = error_response(429, b"", Some(Duration::from_secs(7)));
-        assert_eq!(e.kind, ErrorKind::Transient);
-        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(
+            e.kind,
+            ErrorKind::Transient {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
         assert_eq!(e.http_status, Some(429));
         for status in [408, 500, 502, 503, 504] {
             let e = error_response(status, b"<html>bad gateway</html>", None);
-            assert_eq!(e.kind, ErrorKind::Transient, "{status}");
+            assert!(e.kind.is_retryable(), "{status}");
             assert!(e.is_outage() == (status >= 500), "{status}");
         }
         let e = error_response(404, br#"{"detail":"Not found."}"#, None);
-        assert_eq!(e.kind, ErrorKind::Rejected);
+        assert_eq!(
+            e.kind,
+            ErrorKind::Permanent(FailureClass::VendorRejectedRequest)
+        );
         assert!(e.message.ends_with(": \"Not found.\""), "{}", e.message);
     }
 }

@@ -6,31 +6,16 @@
 pub mod normalize;
 pub mod wire;
 
-use crate::config::{IntellicheckConfig, Secret};
+use crate::config::{IntellicheckConfig, ResponseSignatures, Secret};
 use crate::domain::ProviderName;
 use crate::domain::assessment::Assessment;
 use crate::providers::{Provider, VendorError, VendorRequest, retry_after};
 use async_trait::async_trait;
-use serde::Deserialize;
 use std::time::{Duration, Instant};
 use wire::{
     DOCUMENT_TYPE_OTHER, Empty, HEADER_CUSTOMER_ID, HEADER_SIGNATURE, LivenessObject,
     LooseEnvelope, SIGNAL_DOCUMENT_LIVENESS, StartPrivate, TransactionPrivate,
 };
-
-/// What to do with the `signature` header of a vendor response. The
-/// vendor's samples read it, but whether it uses the request scheme is not
-/// documented (CONTRACTS), hence the choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResponseSignatures {
-    /// Verify it when present; accept unsigned responses.
-    Verify,
-    /// Refuse unsigned responses too.
-    Require,
-    /// Do not look at it.
-    Ignore,
-}
 
 pub struct Intellicheck {
     http: reqwest::Client,
@@ -60,7 +45,11 @@ impl Intellicheck {
             })?;
         Ok(Intellicheck {
             http,
-            base_url: cfg.base_url.trim_end_matches('/').to_owned(),
+            base_url: cfg
+                .base_url
+                .as_ref()
+                .map(|u| u.as_str().trim_end_matches('/').to_owned())
+                .ok_or_else(|| anyhow::anyhow!("providers.intellicheck.base_url is not set"))?,
             customer_id,
             signing_key: cfg.signing_key.clone(),
             timeout: cfg.timeout,
@@ -106,7 +95,7 @@ impl Intellicheck {
         let verify = match (self.response_signatures, &signed) {
             (ResponseSignatures::Ignore, _) => false,
             (ResponseSignatures::Require, None) => {
-                return Err(VendorError::transient(format!(
+                return Err(VendorError::outage(format!(
                     "intellicheck answered {path} without a signature header, and providers.intellicheck.response_signatures is \"require\""
                 )));
             }
@@ -118,13 +107,13 @@ impl Intellicheck {
             // is worth another attempt, and a vendor that signs every answer
             // differently trips the circuit breaker (no HTTP status: counted
             // as an outage) instead of burning every job's budget.
-            return Err(VendorError::transient(format!(
+            return Err(VendorError::outage(format!(
                 "intellicheck's answer to {path} failed signature verification (HMAC-SHA256 with our signing key); \
                  it was discarded. If every answer fails, the vendor signs differently: set providers.intellicheck.response_signatures = \"ignore\" after checking with them"
             )));
         }
         let envelope = wire::decode(&body).map_err(|e| {
-            VendorError::transient(format!(
+            VendorError::outage(format!(
                 "intellicheck answered {path} with HTTP {status} and a body we cannot read: {e}"
             ))
         })?;
@@ -143,7 +132,7 @@ impl Intellicheck {
         let a = loop {
             match self.call(path, payload.clone()).await {
                 Err(e) if e.http_status == Some(429) && !carries_image => {
-                    let wait = e.retry_after.unwrap_or(Duration::from_secs(1));
+                    let wait = e.retry_after().unwrap_or(Duration::from_secs(1));
                     if waited + wait > self.results_timeout {
                         return Err(e);
                     }
@@ -160,12 +149,10 @@ impl Intellicheck {
             }
         };
         if let Some(message) = a.envelope.failed() {
-            return Err(VendorError {
-                vendor_code: Some("success=false".into()),
-                ..VendorError::transient(format!(
-                    "intellicheck answered success false at {path} for transaction {txn}: {message}; it will be retried"
-                ))
-            });
+            return Err(VendorError::outage(format!(
+                "intellicheck answered success false at {path} for transaction {txn}: {message}; it will be retried"
+            ))
+            .with_code("success=false"));
         }
         Ok(a)
     }
@@ -191,14 +178,14 @@ impl Intellicheck {
                 && let Some((key, v)) = a.envelope.liveness()
             {
                 return serde_json::from_value(v.clone()).map_err(|e| {
-                    VendorError::transient(format!(
+                    VendorError::outage(format!(
                         "intellicheck's {key} object for transaction {txn} is unreadable: {e}"
                     ))
                 });
             }
             let waited = started.elapsed();
             if waited + delay > self.results_timeout {
-                return Err(VendorError::transient(format!(
+                return Err(VendorError::outage(format!(
                     "intellicheck results for transaction {txn} were not ready after {polls} polls over {:.1}s (providers.intellicheck.results_timeout {:?})",
                     waited.as_secs_f64(),
                     self.results_timeout
@@ -235,7 +222,7 @@ impl Provider for Intellicheck {
         let txn = match a.envelope.field("transaction_id") {
             Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
             _ => {
-                return Err(VendorError::transient(
+                return Err(VendorError::outage(
                     "intellicheck answered /start without a transaction_id",
                 ));
             }

@@ -28,7 +28,7 @@ fn check_of(side: &SideResult, signal: SignalName) -> Option<&CheckResult> {
 }
 
 fn fault(message: String) -> VendorError {
-    VendorError::transient(format!("intellicheck returned {message}"))
+    VendorError::outage(format!("intellicheck returned {message}"))
 }
 
 /// One check on one side, with its explanation.
@@ -116,12 +116,10 @@ pub fn liveness(
     };
     let message = obj.message.as_deref().unwrap_or("no message");
     if obj.success == Some(false) {
-        return Err(VendorError {
-            vendor_code: Some("success=false".into()),
-            ..VendorError::transient(format!(
-                "intellicheck could not process transaction {transaction_id} (success false: {message}); it will be retried"
-            ))
-        });
+        return Err(VendorError::outage(format!(
+            "intellicheck could not process transaction {transaction_id} (success false: {message}); it will be retried"
+        ))
+        .with_code("success=false"));
     }
     let sides: &[Side] = if back_submitted {
         &[Side::Front, Side::Back]
@@ -225,17 +223,12 @@ pub fn check_confirmed_signals(confirmed: Option<&Value>) -> Result<(), VendorEr
         .iter()
         .map(|s| s.as_str().map_or_else(|| s.to_string(), str::to_owned))
         .collect();
-    Err(VendorError {
-        kind: ErrorKind::Credentials,
-        message: format!(
-            "intellicheck /start did not confirm the document_liveness_idrnd signal (confirmed: [{}]): \
-             the account is not subscribed to document liveness; ask Intellicheck to enable it. The vendor is paused meanwhile",
-            listed.join(", ")
-        ),
-        vendor_code: Some("signal_not_subscribed".into()),
-        http_status: None,
-        retry_after: None,
-    })
+    Err(VendorError::credentials(format!(
+        "intellicheck /start did not confirm the document_liveness_idrnd signal (confirmed: [{}]): \
+         the account is not subscribed to document liveness; ask Intellicheck to enable it. The vendor is paused meanwhile",
+        listed.join(", ")
+    ))
+    .with_code("signal_not_subscribed"))
 }
 
 /// The vendor's text from an error body: plain JSON (`detail`, `message`,
@@ -334,10 +327,10 @@ pub fn error_response(
         ErrorKind::Credentials => {
             "check providers.intellicheck.customer_id and signing_key; the vendor is paused until they work"
         }
-        ErrorKind::Rejected => {
+        ErrorKind::Permanent(_) => {
             "the worker sent a request intellicheck considers malformed; report it as a worker bug"
         }
-        ErrorKind::Transient | ErrorKind::Unavailable => "it will be retried",
+        ErrorKind::Transient { .. } | ErrorKind::Outage { .. } => "it will be retried",
     };
     let said = error_text(body).map_or(String::new(), |t| format!(": \"{t}\""));
     e.message = format!("intellicheck answered HTTP {status} at {step}{said}; {advice}");
@@ -348,6 +341,7 @@ pub fn error_response(
 mod tests {
     use super::*;
     use crate::domain::Verdict;
+    use crate::domain::dead_letter::FailureClass;
     use crate::providers::intellicheck::wire::LooseEnvelope;
     use serde_json::json;
 
@@ -554,7 +548,7 @@ mod tests {
             json!({"documentLivenessIdRnD": {"success": false, "result": false, "message": "processing error", "data": null}}),
         );
         let e = liveness(&o, &ALL, false, "t-9").unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(e.is_outage(), "{e}");
         assert!(
             e.message.contains("t-9") && e.message.contains("processing error"),
             "{}",
@@ -626,7 +620,7 @@ mod tests {
                 json!({"documentLivenessIdRnD": {"success": true, "data": {"front": {"screenReplay": bad}}}}),
             );
             let e = liveness(&o, &[SignalName::ScreenReplay], false, "t").unwrap_err();
-            assert_eq!(e.kind, ErrorKind::Transient);
+            assert!(e.is_outage(), "{e}");
         }
     }
 
@@ -712,15 +706,17 @@ mod tests {
 
     #[test]
     fn http_errors_land_in_their_class() {
+        let rejected = ErrorKind::Permanent(FailureClass::VendorRejectedRequest);
+        let wait = Some(Duration::from_secs(3));
         for (status, kind) in [
-            (400, ErrorKind::Rejected),
-            (422, ErrorKind::Rejected),
+            (400, rejected),
+            (422, rejected),
             (401, ErrorKind::Credentials),
             (403, ErrorKind::Credentials),
-            (408, ErrorKind::Transient),
-            (429, ErrorKind::Transient),
-            (500, ErrorKind::Transient),
-            (503, ErrorKind::Transient),
+            (408, ErrorKind::Transient { retry_after: wait }),
+            (429, ErrorKind::Transient { retry_after: wait }),
+            (500, ErrorKind::Outage { retry_after: wait }),
+            (503, ErrorKind::Outage { retry_after: wait }),
         ] {
             let e = error_response(
                 "/submit-front",
@@ -730,7 +726,6 @@ mod tests {
             );
             assert_eq!(e.kind, kind, "{status}");
             assert_eq!(e.http_status, Some(status));
-            assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
             assert!(
                 e.message
                     .contains("at /submit-front: \"Invalid signature\""),

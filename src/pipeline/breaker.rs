@@ -5,7 +5,8 @@
 //! through (half-open): success closes the breaker, failure reopens it.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub struct Breaker {
     threshold: u32,

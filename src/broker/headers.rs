@@ -1,0 +1,291 @@
+//! The AMQP headers the worker owns, encoded and decoded here and nowhere
+//! else (docs/messages.md#headers).
+//!
+//! A job that leaves a delivery without being finished (onto the delay
+//! ladder, into the callback wait) travels as a new message, so its
+//! progress ([`Carried`]) rides in `x-liveness-*` headers. The replay
+//! headers record `replay`'s work and follow the job onto its next dead
+//! letter. The broker's own headers (`x-delivery-count`, `x-death`) are
+//! never copied onto a message the worker publishes.
+
+use crate::domain::carried::Carried;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+
+pub const H_ATTEMPTS: &str = "x-liveness-attempts";
+pub const H_LADDER_STEP: &str = "x-liveness-ladder-step";
+pub const H_FIRST_RECEIVED: &str = "x-liveness-first-received-at";
+/// Argos callback mode: submissions made so far, and whether this message is
+/// the job coming back from the callback wait.
+pub const H_CALLBACK_SUBMISSIONS: &str = "x-liveness-callback-submissions";
+pub const H_AWAITING_CALLBACK: &str = "x-liveness-awaiting-callback";
+/// Set by `replay`: how many times the job was replayed, and when last.
+pub const H_REPLAYS: &str = "x-liveness-replays";
+pub const H_REPLAYED_AT: &str = "x-liveness-replayed-at";
+
+/// The broker's delivery counter on quorum queues.
+const H_DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// Headers the broker sets on delivery or dead-lettering.
+fn broker_owned(key: &str) -> bool {
+    key == H_DELIVERY_COUNT
+        || key.starts_with("x-death")
+        || key.starts_with("x-first-death")
+        || key.starts_with("x-last-death")
+}
+
+fn replay_header(key: &str) -> bool {
+    key == H_REPLAYS || key == H_REPLAYED_AT
+}
+
+/// Every `x-liveness-*` header is the worker's: the progress headers and the
+/// replay headers.
+fn worker_owned(key: &str) -> bool {
+    key.starts_with("x-liveness-")
+}
+
+fn header<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    props.headers().as_ref()?.inner().get(name)
+}
+
+fn as_i64(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => *n as i64,
+        AMQPValue::LongUInt(n) => *n as i64,
+        AMQPValue::ShortInt(n) => *n as i64,
+        AMQPValue::ShortUInt(n) => *n as i64,
+        AMQPValue::ShortShortInt(n) => *n as i64,
+        AMQPValue::ShortShortUInt(n) => *n as i64,
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok()?,
+        _ => return None,
+    })
+}
+
+/// A counter header as u32; negative or unreadable values read as absent.
+fn as_u32(v: &AMQPValue) -> Option<u32> {
+    u32::try_from(as_i64(v)?).ok()
+}
+
+fn as_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// `x-delivery-count`: earlier deliveries of this message (0 when absent).
+pub fn delivery_count(props: &BasicProperties) -> u32 {
+    header(props, H_DELIVERY_COUNT)
+        .and_then(as_u32)
+        .unwrap_or(0)
+}
+
+/// The progress a message carries. Odd values are ignored rather than
+/// obeyed.
+pub fn carried(props: &BasicProperties) -> Carried {
+    let count = |name| header(props, name).and_then(as_u32).unwrap_or(0);
+    Carried {
+        attempts: count(H_ATTEMPTS),
+        ladder_step: count(H_LADDER_STEP),
+        first_received_at: header(props, H_FIRST_RECEIVED).and_then(as_text),
+        callback_submissions: count(H_CALLBACK_SUBMISSIONS),
+        awaiting_callback: matches!(
+            header(props, H_AWAITING_CALLBACK),
+            Some(AMQPValue::Boolean(true))
+        ),
+    }
+}
+
+/// The producer's own headers: everything but the broker's and the worker's.
+fn producer_headers(props: &BasicProperties) -> FieldTable {
+    let mut out = FieldTable::default();
+    if let Some(h) = props.headers() {
+        for (k, v) in h.inner() {
+            if !broker_owned(k.as_str()) && !worker_owned(k.as_str()) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The replay headers of a job's properties, for the messages it becomes.
+pub fn replay_headers(props: &BasicProperties) -> FieldTable {
+    let mut out = FieldTable::default();
+    if let Some(h) = props.headers() {
+        for (k, v) in h.inner() {
+            if replay_header(k.as_str()) {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Replays the message carried before (0 when none or unreadable;
+/// saturating).
+pub fn replays(props: &BasicProperties) -> u32 {
+    header(props, H_REPLAYS)
+        .and_then(as_i64)
+        .map_or(0, |n| n.clamp(0, u32::MAX.into()) as u32)
+}
+
+/// The job's own properties for republishing it (persistent, JSON when it
+/// said nothing), with `headers`.
+fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut p = original.clone().with_headers(headers).with_delivery_mode(2);
+    if original.content_type().is_none() {
+        p = p.with_content_type("application/json".into());
+    }
+    p
+}
+
+/// Properties for putting a job back on its way (delay ladder, callback
+/// wait): the producer's own properties and headers, its replay headers,
+/// and `carried`.
+pub fn with_progress(original: &BasicProperties, carried: &Carried) -> BasicProperties {
+    let mut headers = producer_headers(original);
+    for (k, v) in replay_headers(original).inner() {
+        headers.insert(k.clone(), v.clone());
+    }
+    headers.insert(
+        H_ATTEMPTS.into(),
+        AMQPValue::LongLongInt(carried.attempts.into()),
+    );
+    headers.insert(
+        H_LADDER_STEP.into(),
+        AMQPValue::LongLongInt(carried.ladder_step.into()),
+    );
+    if let Some(t) = &carried.first_received_at {
+        headers.insert(
+            H_FIRST_RECEIVED.into(),
+            AMQPValue::LongString(t.as_str().into()),
+        );
+    }
+    if carried.callback_submissions > 0 {
+        headers.insert(
+            H_CALLBACK_SUBMISSIONS.into(),
+            AMQPValue::LongLongInt(carried.callback_submissions.into()),
+        );
+    }
+    if carried.awaiting_callback {
+        headers.insert(H_AWAITING_CALLBACK.into(), AMQPValue::Boolean(true));
+    }
+    republished(original, headers)
+}
+
+/// Headers of a replayed job: `base` (the producer's own, or none) plus the
+/// replay count one above `original`'s and the replay time. No progress
+/// header: the job starts a fresh retry budget.
+pub fn replayed(original: &BasicProperties, keep_producer: bool, at: &str) -> FieldTable {
+    let mut headers = if keep_producer {
+        producer_headers(original)
+    } else {
+        FieldTable::default()
+    };
+    headers.insert(
+        H_REPLAYS.into(),
+        AMQPValue::LongLongInt(i64::from(replays(original)) + 1),
+    );
+    headers.insert(H_REPLAYED_AT.into(), AMQPValue::LongString(at.into()));
+    headers
+}
+
+/// A poison message's own properties for replaying it, with `headers`.
+pub fn replay_props(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    republished(original, headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut h = FieldTable::default();
+        for (k, v) in pairs {
+            h.insert((*k).into(), v.clone());
+        }
+        BasicProperties::default().with_headers(h)
+    }
+
+    fn keys(p: &BasicProperties) -> Vec<String> {
+        let mut k: Vec<String> = p
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().keys().map(|k| k.as_str().to_owned()).collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn progress_round_trips_through_the_headers() {
+        let c = Carried {
+            attempts: 3,
+            ladder_step: 2,
+            first_received_at: Some("2026-12-07T10:00:00.000Z".into()),
+            callback_submissions: 1,
+            awaiting_callback: true,
+        };
+        let p = with_progress(&BasicProperties::default(), &c);
+        assert_eq!(carried(&p), c);
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(
+            p.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+    }
+
+    #[test]
+    fn republishing_keeps_the_producers_and_replays_but_not_the_brokers() {
+        let original = props(&[
+            ("tenant", AMQPValue::LongString("acme".into())),
+            (H_DELIVERY_COUNT, AMQPValue::LongInt(4)),
+            ("x-death", AMQPValue::Void),
+            (H_ATTEMPTS, AMQPValue::LongLongInt(9)),
+            (H_AWAITING_CALLBACK, AMQPValue::Boolean(true)),
+            (H_REPLAYS, AMQPValue::LongInt(2)),
+        ]);
+        let p = with_progress(&original, &Carried::default());
+        assert_eq!(
+            keys(&p),
+            ["tenant", H_ATTEMPTS, H_LADDER_STEP, H_REPLAYS],
+            "the old progress is replaced, not merged"
+        );
+        assert_eq!(carried(&p), Carried::default());
+        assert_eq!(replays(&p), 2);
+    }
+
+    #[test]
+    fn replay_drops_every_worker_and_broker_header_and_counts_on() {
+        let original = props(&[
+            ("tenant", AMQPValue::LongString("acme".into())),
+            (H_DELIVERY_COUNT, AMQPValue::LongInt(4)),
+            (H_ATTEMPTS, AMQPValue::LongLongInt(9)),
+            (H_CALLBACK_SUBMISSIONS, AMQPValue::LongLongInt(2)),
+            (H_AWAITING_CALLBACK, AMQPValue::Boolean(true)),
+            (H_REPLAYS, AMQPValue::LongInt(2)),
+        ]);
+        let p = replay_props(&original, replayed(&original, true, "now"));
+        assert_eq!(keys(&p), ["tenant", H_REPLAYED_AT, H_REPLAYS]);
+        assert_eq!(replays(&p), 3);
+        assert_eq!(carried(&p), Carried::default());
+        let fresh = replayed(&original, false, "now");
+        assert_eq!(fresh.inner().len(), 2);
+    }
+
+    #[test]
+    fn odd_values_read_as_absent() {
+        let p = props(&[
+            (H_ATTEMPTS, AMQPValue::LongLongInt(-5)),
+            (H_LADDER_STEP, AMQPValue::LongLongInt(i64::MAX)),
+            (H_FIRST_RECEIVED, AMQPValue::Boolean(true)),
+            (H_AWAITING_CALLBACK, AMQPValue::LongInt(1)),
+            (H_DELIVERY_COUNT, AMQPValue::LongString("7".into())),
+        ]);
+        assert_eq!(carried(&p), Carried::default());
+        assert_eq!(delivery_count(&p), 0);
+    }
+}

@@ -1,0 +1,239 @@
+//! The outcome stage: the results store that makes "pay once" true
+//! (docs/reliability.md#pay-once). A job's stored outcome is looked up
+//! before any vendor call and a new one is stored before its result is
+//! published; pending callback records and the audit trail live here too.
+//! Without a store every operation is a no-op and every lookup finds
+//! nothing.
+
+use super::backoff::Backoff;
+use super::disposition::Disposition;
+use super::failure::{Failed, now_rfc3339};
+use crate::domain::dead_letter::FailureClass;
+use crate::domain::job::JobId;
+use crate::domain::result::LivenessResult;
+use crate::store::outcomes::{ATTEMPTS_SCHEMA, OUTCOME_SCHEMA};
+use crate::store::{
+    AttemptLog, AttemptRecord, OutcomeError, OutcomeStore, PendingSubmission, StoredOutcome,
+};
+use crate::telemetry::{Metrics, StoreOp};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct Outcomes {
+    store: Option<Arc<dyn OutcomeStore>>,
+    backoff: Backoff,
+    /// How long a paid-for answer is retried into the store.
+    store_timeout: Duration,
+    audit: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Outcomes {
+    pub fn new(
+        store: Option<Arc<dyn OutcomeStore>>,
+        backoff: Backoff,
+        store_timeout: Duration,
+        audit: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Outcomes {
+            store,
+            backoff,
+            store_timeout,
+            audit,
+            metrics,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Where a job's outcome lives, for messages (`s3://...`).
+    pub fn location(&self, job_id: &JobId) -> String {
+        self.store
+            .as_ref()
+            .map(|s| s.location(job_id))
+            .unwrap_or_default()
+    }
+
+    /// The job's stored outcome, retrying a store that is down within
+    /// `deadline`. Not knowing is a transient failure: calling the vendor
+    /// blind could pay for the same job twice.
+    pub async fn lookup(
+        &self,
+        job_id: &JobId,
+        deadline: Instant,
+    ) -> Result<Option<StoredOutcome>, Failed> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let mut delays = self.backoff.delays(deadline);
+        loop {
+            match store.load(job_id).await {
+                Ok(found) => return Ok(found),
+                Err(OutcomeError::Corrupt(m)) => {
+                    self.metrics.store_error(StoreOp::Load);
+                    return Err(Failed::permanent(
+                        FailureClass::Internal,
+                        format!(
+                            "{m}; inspect that object (delete it if it is garbage) and replay the job"
+                        ),
+                    ));
+                }
+                Err(OutcomeError::Unavailable(m)) => {
+                    self.metrics.store_error(StoreOp::Load);
+                    match delays.next() {
+                        Some(d) if Instant::now() + d < deadline => {
+                            tracing::warn!(error = %m, delay_ms = d.as_millis() as u64, "Results store lookup failed, retrying");
+                            tokio::time::sleep(d).await;
+                        }
+                        _ => {
+                            return Err(Failed::transient(format!(
+                                "{m}; the job waits rather than risk paying the vendor twice"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The job's pending callback record, read once.
+    pub async fn load_pending(
+        &self,
+        job_id: &JobId,
+    ) -> Result<Option<PendingSubmission>, OutcomeError> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let pending = store.load_pending(job_id).await;
+        if pending.is_err() {
+            self.metrics.store_error(StoreOp::Load);
+        }
+        pending
+    }
+
+    /// The job's stored outcome and pending record, each read once (the
+    /// callback receiver: the vendor posts again when this fails).
+    pub async fn load_both(
+        &self,
+        job_id: &JobId,
+    ) -> Result<(Option<StoredOutcome>, Option<PendingSubmission>), OutcomeError> {
+        let Some(store) = &self.store else {
+            return Ok((None, None));
+        };
+        let (stored, pending) = tokio::join!(store.load(job_id), store.load_pending(job_id));
+        let both = stored.and_then(|s| pending.map(|p| (s, p)));
+        if both.is_err() {
+            self.metrics.store_error(StoreOp::Load);
+        }
+        both
+    }
+
+    /// Writes a paid-for outcome, retrying while the store is down for up
+    /// to `results.store_timeout`. Past that the result is published
+    /// unstored (logged as an error): losing an answer the vendor already
+    /// billed for is worse than the small risk of a second payment should
+    /// this very job be delivered again.
+    pub async fn store(
+        &self,
+        result: &LivenessResult,
+        back_sha256: Option<String>,
+        attempts: Vec<AttemptRecord>,
+    ) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let outcome = StoredOutcome {
+            schema: OUTCOME_SCHEMA.into(),
+            job_id: result.job_id.clone(),
+            image_sha256: result.image.sha256.clone(),
+            back_image_sha256: back_sha256,
+            stored_at: now_rfc3339(),
+            result: result.clone(),
+            attempts,
+        };
+        if !self.persist("outcome", || store.save(&outcome)).await {
+            tracing::error!(location = %store.location(&result.job_id), "Could not store the outcome within results.store_timeout; publishing it unstored, so a redelivery of this job would call the vendor again");
+        }
+    }
+
+    /// Records a callback-mode submission; false if the store stayed down
+    /// for `results.store_timeout` (or there is no store).
+    pub async fn save_pending(&self, pending: &PendingSubmission) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        self.persist("pending submission", || store.save_pending(pending))
+            .await
+    }
+
+    /// Removes a job's pending record once its outcome is published (best
+    /// effort: a leftover record only makes a later wait round re-publish
+    /// the stored result).
+    pub async fn clear_pending(&self, job_id: &JobId) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.delete_pending(job_id).await
+        {
+            self.metrics.store_error(StoreOp::Delete);
+            tracing::warn!(error = %e, "Could not clear the pending callback record");
+        }
+    }
+
+    /// Retries a write while the store is down, for up to
+    /// `results.store_timeout`; false if it never succeeded.
+    async fn persist<F, Fut>(&self, what: &str, mut write: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), OutcomeError>>,
+    {
+        let give_up = Instant::now() + self.store_timeout;
+        let mut wait = self.backoff.initial;
+        loop {
+            let Err(e) = write().await else {
+                return true;
+            };
+            self.metrics.store_error(StoreOp::Save);
+            if Instant::now() + wait >= give_up {
+                tracing::error!(error = %e, what, "Giving up writing to the results store");
+                return false;
+            }
+            tracing::warn!(error = %e, what, delay_ms = wait.as_millis() as u64, "Could not write to the results store, retrying");
+            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+            wait = (wait * 2).min(self.backoff.max);
+        }
+    }
+
+    /// The audit record of a delivery's vendor attempts that produced no
+    /// outcome. Best effort and bounded: the audit trail must not hold a
+    /// job hostage.
+    pub async fn audit(
+        &self,
+        job_id: &JobId,
+        disposition: &Disposition,
+        attempts: Vec<AttemptRecord>,
+    ) {
+        let Some(store) = self.store.as_ref().filter(|_| self.audit) else {
+            return;
+        };
+        let log = AttemptLog {
+            schema: ATTEMPTS_SCHEMA.into(),
+            job_id: job_id.clone(),
+            disposition: disposition.label(),
+            attempts,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), store.save_attempts(&log)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.metrics.store_error(StoreOp::Audit);
+                tracing::warn!(error = %e, "Could not write the vendor attempts to the audit trail");
+            }
+            Err(_) => {
+                self.metrics.store_error(StoreOp::Audit);
+                tracing::warn!("Writing the vendor attempts to the audit trail timed out");
+            }
+        }
+    }
+}
