@@ -80,12 +80,9 @@ impl Names {
 pub async fn connect(c: &BrokerConfig) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(c.connection_name.clone()));
-    Connection::connect(c.url.expose(), props)
-        .await
-        .map_err(|e| {
-            // lapin's error text does not contain the URL, so no credentials leak here.
-            anyhow::anyhow!("cannot connect to RabbitMQ (broker.url): {e}")
-        })
+    // Every connection (worker, callback publisher, operator commands, demo)
+    // comes through here, so all use the same TLS settings.
+    crate::broker_tls::connect(&c.url, &c.tls, props).await
 }
 
 /// A channel in confirm mode.

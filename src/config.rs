@@ -128,6 +128,23 @@ pub struct BrokerConfig {
     pub confirm_timeout: Duration,
     #[serde(deserialize_with = "lenient_string")]
     pub connection_name: String,
+    /// Used only with an `amqps://` URL (see `broker_tls`).
+    #[serde(default)]
+    pub tls: BrokerTlsConfig,
+}
+
+/// `[broker.tls]`: PEM files; an empty path means "not set".
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTlsConfig {
+    /// CA certificates that replace the system roots.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub ca_file: String,
+    /// Client certificate chain and its key, for mutual TLS: both or neither.
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub cert_file: String,
+    #[serde(default, deserialize_with = "lenient_string")]
+    pub key_file: String,
 }
 
 impl BrokerConfig {
@@ -440,6 +457,31 @@ impl Config {
             b.url.expose().starts_with("amqp://") || b.url.expose().starts_with("amqps://"),
             "broker.url must start with amqp:// or amqps://".into(),
         );
+        let tls = &b.tls;
+        let amqps = b.url.expose().starts_with("amqps://");
+        for (key, v) in [
+            ("broker.tls.ca_file", &tls.ca_file),
+            ("broker.tls.cert_file", &tls.cert_file),
+            ("broker.tls.key_file", &tls.key_file),
+        ] {
+            check(
+                amqps || v.is_empty(),
+                format!(
+                    "{key} is set but broker.url is not amqps://: TLS settings need an amqps:// URL (or leave {key} empty)"
+                ),
+            );
+        }
+        let pair = tls.cert_file.is_empty() == tls.key_file.is_empty();
+        check(
+            pair,
+            "broker.tls.cert_file and broker.tls.key_file must be set together (mutual TLS) or both left empty".into(),
+        );
+        if amqps && pair {
+            // Unreadable or mismatched files fail here, at start, not at the first connect.
+            if let Err(e) = crate::broker_tls::check_files(tls) {
+                check(false, format!("{e:#}"));
+            }
+        }
         for (key, v) in [
             ("broker.jobs_exchange", &b.jobs_exchange),
             ("broker.jobs_queue", &b.jobs_queue),

@@ -10,7 +10,8 @@
 //! - [`pipeline`]: one delivery from body to [`pipeline::Disposition`]
 //!   (publish a result, retry later, dead-letter). Knows no broker or SDK type.
 //! - [`broker`]: RabbitMQ topology, the consume loop with bounded
-//!   concurrency, publisher confirms, ack after confirm.
+//!   concurrency, publisher confirms, ack after confirm; [`broker_tls`]
+//!   opens the connection (TLS for `amqps://`).
 //! - [`store`]: the S3 image store.
 //! - [`providers`]: one folder per vendor (client, wire types, pure
 //!   normalization) behind the [`providers::Provider`] trait.
@@ -20,6 +21,7 @@
 
 pub mod breaker;
 pub mod broker;
+pub mod broker_tls;
 pub mod callbacks;
 pub mod config;
 pub mod demo;
