@@ -2,7 +2,8 @@
 # Local backing services for liveness-worker: RabbitMQ (AMQP) and Garage (S3).
 #
 # Usage: scripts/services.sh [up|--print-env|start-s3|stop-s3|down|help]
-#   up           (default) ensure RabbitMQ + Garage are running and provisioned,
+#   up           (default) ensure RabbitMQ + Garage are running and provisioned
+#                (and openssl + stunnel4 for the TLS tests are installed),
 #                write <state dir>/env and print the export lines on stdout
 #   --print-env  same as up; stdout carries ONLY export lines, so
 #                  eval "$(scripts/services.sh --print-env)"  works
@@ -313,13 +314,32 @@ write_env() {
   mv -f "$tmp" "$ENV_FILE"
 }
 
+# ------------------------------------------------------- TLS test tools
+
+# The TLS integration tests (tests/it/tls.rs) make their certificates with
+# openssl and put stunnel in front of RabbitMQ; they fail, naming these
+# packages, when the tools are missing.
+ensure_tls_test_tools() {
+  if command -v openssl >/dev/null 2>&1 &&
+    { command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1; }; then
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    die "the TLS tests need openssl and stunnel, and apt-get is not available: install them"
+  log "installing openssl and stunnel4 via apt (TLS tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends openssl stunnel4 </dev/null 9>&-
+}
+
 # ---------------------------------------------------------------- main
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 up() {
   local started=$SECONDS
   ensure_rabbitmq
+  ensure_tls_test_tools
   resolve_garage_bin
   start_garage
   provision_garage

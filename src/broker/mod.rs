@@ -5,6 +5,7 @@
 
 pub mod headers;
 pub mod publish;
+pub mod tls;
 mod topology;
 
 pub use publish::{PublishError, json_props, publish_confirmed};
@@ -54,15 +55,12 @@ impl Names {
     }
 }
 
+/// Every connection (worker, publisher, operator commands, demo) comes
+/// through here, so all use the same TLS settings.
 pub async fn connect(c: &BrokerConfig) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(c.connection_name.clone()));
-    Connection::connect(c.url.expose(), props)
-        .await
-        .map_err(|e| {
-            // lapin's error text does not contain the URL, so no credentials leak here.
-            anyhow::anyhow!("cannot connect to RabbitMQ (broker.url): {e}")
-        })
+    tls::connect(&c.url, &c.tls, props).await
 }
 
 /// A channel in confirm mode.

@@ -11,9 +11,11 @@
 mod de;
 mod load;
 mod secret;
+mod tls;
 
 pub use load::{DEFAULT_TOML, Sources};
 pub use secret::Secret;
+pub use tls::BrokerTlsConfig;
 
 use crate::domain::bands::Bands;
 use crate::domain::routing::Routing;
@@ -82,6 +84,9 @@ pub struct BrokerConfig {
     pub confirm_timeout: Duration,
     #[serde(deserialize_with = "de::lenient_string")]
     pub connection_name: String,
+    /// Used only with an `amqps://` URL (see `broker::tls`).
+    #[serde(default)]
+    pub tls: BrokerTlsConfig,
 }
 
 impl BrokerConfig {
@@ -108,6 +113,29 @@ impl BrokerConfig {
         p.check(matches!(scheme.as_deref(), Ok("amqp" | "amqps")), || {
             "broker.url must be an amqp:// or amqps:// URL".into()
         });
+        let tls = &self.tls;
+        let amqps = scheme.as_deref() == Ok("amqps");
+        for (key, v) in [
+            ("broker.tls.ca_file", &tls.ca_file),
+            ("broker.tls.cert_file", &tls.cert_file),
+            ("broker.tls.key_file", &tls.key_file),
+        ] {
+            p.check(amqps || v.is_empty(), || {
+                format!(
+                    "{key} is set but broker.url is not amqps://: TLS settings need an amqps:// URL (or leave {key} empty)"
+                )
+            });
+        }
+        let pair = tls.cert_file.is_empty() == tls.key_file.is_empty();
+        p.check(pair, || {
+            "broker.tls.cert_file and broker.tls.key_file must be set together (mutual TLS) or both left empty".into()
+        });
+        if amqps && pair {
+            // Unreadable or mismatched files fail here, at start, not at the first connect.
+            if let Err(e) = tls.check_files() {
+                p.check(false, || format!("{e:#}"));
+            }
+        }
         for (key, v) in [
             ("broker.jobs_exchange", &self.jobs_exchange),
             ("broker.jobs_queue", &self.jobs_queue),

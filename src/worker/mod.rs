@@ -134,6 +134,7 @@ pub async fn run(
         telemetry: &telemetry,
     };
     let mut reconnect_delay = Duration::from_millis(200);
+    let mut connected_once = false;
     let ended = loop {
         if shutdown.is_cancelled() {
             break Ok(());
@@ -143,10 +144,18 @@ pub async fn run(
         match result {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Ok(SessionEnd::Lost(why)) => {
+                connected_once = true;
                 tracing::warn!(reason = %why, "Broker connection lost, reconnecting");
                 reconnect_delay = Duration::from_millis(200);
             }
             Err(SessionError::Fatal(e)) => break Err(e),
+            // A certificate the very first connection refuses is a
+            // deployment mistake: stop with it rather than retry forever.
+            Err(SessionError::Retry(e))
+                if !connected_once && e.is::<broker::tls::TlsRejected>() =>
+            {
+                break Err(e);
+            }
             Err(SessionError::Retry(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), delay_ms = reconnect_delay.as_millis() as u64, "Cannot reach the broker, retrying");
             }

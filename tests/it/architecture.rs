@@ -49,10 +49,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code outside `#[cfg(test)]` items: everything before the first one
-/// (test modules sit at the end of a file by convention here).
-fn non_test(text: &str) -> &str {
-    text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+/// The code outside `#[cfg(test)]` items (everything before the first
+/// one: test modules sit at the end of a file by convention here), with
+/// comments removed (a doc link is not an import).
+fn non_test(text: &str) -> String {
+    let code = text.find("#[cfg(test)]").map_or(text, |i| &text[..i]);
+    code.lines()
+        .map(|l| l.find("//").map_or(l, |i| &l[..i]))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Import edges between modules, `depth` path segments deep.
@@ -68,6 +73,7 @@ fn edges(depth: usize) -> BTreeMap<String, BTreeSet<String>> {
         }
         let text = std::fs::read_to_string(&file).unwrap();
         let code = non_test(&text);
+        let code = code.as_str();
         // `super` is the module's parent (for a folder's mod.rs too).
         let parent = me[..me.len() - 1].to_vec();
         for (prefix, base) in [("crate::", Vec::new()), ("super::", parent)] {

@@ -14,3 +14,4 @@ mod ops;
 mod pay_once;
 mod results;
 mod telemetry;
+mod tls;
