@@ -9,7 +9,7 @@ utime + stime from /proc/<pid>/stat, peak memory is VmHWM from
 CPU is not counted either. Every run has its own broker prefix, S3 key
 prefix and job ids, and deletes its queues afterwards.
 
-Scenarios (see README, "Performance"):
+Scenarios (see docs/benchmark.md):
   throughput  128 in flight, emulator latency 300 ms, 200 KB images: jobs/s
               between 10% and 90% of the results, against the Little's-law
               bound 128 / 0.3 s;
