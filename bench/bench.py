@@ -1,4 +1,4 @@
-"""The project's benchmark (issue 8, DESIGN §7): run by scripts/bench.sh.
+"""The project's benchmark (issue 8, bars in docs/benchmark.md): run by scripts/bench.sh.
 
 Drives real processes on the local RabbitMQ and Garage: the vendor emulator
 (`liveness-worker emulator`, its own process), one or more `liveness-worker
@@ -9,7 +9,7 @@ utime + stime from /proc/<pid>/stat, peak memory is VmHWM from
 CPU is not counted either. Every run has its own broker prefix, S3 key
 prefix and job ids, and deletes its queues afterwards.
 
-Scenarios (see README, "Performance"):
+Scenarios (see docs/benchmark.md):
   throughput  128 in flight, emulator latency 300 ms, 200 KB images: jobs/s
               between 10% and 90% of the results, against the Little's-law
               bound 128 / 0.3 s;
@@ -79,12 +79,12 @@ def littles_bound(in_flight, latency_s):
 
 
 def cpu_bar_s(image_bytes):
-    """DESIGN §7: at most 100 µs plus 1.5 ns per image byte."""
+    """The CPU bar (docs/benchmark.md): at most 100 µs plus 1.5 ns per image byte."""
     return 100e-6 + 1.5e-9 * image_bytes
 
 
 def rss_bar_bytes(in_flight, image_bytes):
-    """DESIGN §7: at most 40 MB plus 1.5 × in flight × image size."""
+    """The memory bar (docs/benchmark.md): at most 40 MB plus 1.5 × in flight × image size."""
     return 40 * MB + 1.5 * in_flight * image_bytes
 
 
@@ -157,7 +157,7 @@ def median(xs):
 
 
 def render_markdown(r):
-    """The report: every DESIGN §7 bar as measured figure against target."""
+    """The report: every performance bar (docs/benchmark.md) as measured figure against target."""
     m = r["machine"]
     out = [
         f"# liveness-worker benchmark ({r['mode']})",
@@ -167,7 +167,7 @@ def render_markdown(r):
         f"machine. Rust worker: release build. {r['rounds']} alternating round(s) per "
         "comparison; figures are medians of the rounds.",
         "",
-        "## DESIGN §7 bars",
+        "## Performance bars",
         "",
         "| bar | measured | target | |",
         "|---|---|---|---|",

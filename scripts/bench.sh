@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (DESIGN §7, issue 8): the Rust worker against the Little's-law
+# The benchmark (docs/benchmark.md, issue 8): the Rust worker against the Little's-law
 # bound, its CPU and memory per job, and a Python pika + boto3 + requests
 # worker measured in the same run. Rewrites bench/results/ (results.md,
 # results.json, chart.png) and prints the table.
