@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: starts RabbitMQ and Garage (installing what is
-# missing), then runs formatting, lints, unit tests and the integration tests
-# against the real services.
+# missing), then runs formatting, lints, the deployment checks, the examples in
+# other languages, unit tests and the integration tests against the real services.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,8 +16,10 @@ echo "== module layering (docs/ARCHITECTURE.md): no import cycles, layers only d
 cargo test --locked --test it --quiet architecture
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== deployment files (offline validation)"
+echo "== deployment files (offline validation, alert rules with promtool)"
 scripts/validate-deploy.sh
+echo "== examples: Python and Node.js producers and consumers against a real worker"
+scripts/examples.sh
 echo "== OpenAPI conformance of the emulator (schemathesis)"
 scripts/conformance.sh
 echo "== cargo test"
