@@ -38,9 +38,6 @@ PROMETHEUSRULE = ROOT / "deploy/k8s/prometheusrule.yaml"
 PENDING_KEYS = {
     "worker.max_image_bytes_in_flight",
     "coordination.redis_url",
-    "broker.tls.ca_file",
-    "broker.tls.cert_file",
-    "broker.tls.key_file",
 }
 PENDING_METRICS = {"consuming", "unroutable_publishes", "publish_unroutable", "job_queue_wait_seconds"}
 
