@@ -12,6 +12,8 @@ eval "$(scripts/services.sh --print-env)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== references to docs/ resolve"
+python3 scripts/check-doc-links.py
 echo "== module layering (docs/ARCHITECTURE.md): no import cycles, layers only downwards"
 cargo test --locked --test it --quiet architecture
 echo "== cargo clippy"

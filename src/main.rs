@@ -134,7 +134,7 @@ fn main() -> std::process::ExitCode {
 /// this threshold to the largest block freed so far, after which multi-megabyte
 /// image buffers come from its arenas, which keep them: the benchmark measured
 /// peak RSS 15% lower and steadier at 64 jobs of 3 MB in flight with the
-/// threshold pinned, for about 10% more CPU per 3 MB job (DESIGN §7 bars
+/// threshold pinned, for about 10% more CPU per 3 MB job (docs/benchmark.md#the-bars
 /// both). An explicit `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...` wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn pin_mmap_threshold() {

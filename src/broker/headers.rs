@@ -1,5 +1,5 @@
 //! The AMQP headers the worker owns, encoded and decoded here and nowhere
-//! else (docs/messages.md#headers).
+//! else (docs/messages.md#worker-owned-headers).
 //!
 //! A job that leaves a delivery without being finished (onto the delay
 //! ladder, into the callback wait) travels as a new message, so its

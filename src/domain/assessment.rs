@@ -113,7 +113,7 @@ impl Assessment {
         }
     }
 
-    /// DESIGN §3: spoof if any performed signal is spoof; else review if any
+    /// docs/messages.md#verdict-and-score-rules: spoof if any performed signal is spoof; else review if any
     /// is review; else live if at least one was performed; else inconclusive.
     pub fn verdict(&self) -> Verdict {
         let has = |v: SignalVerdict| self.signals.iter().any(|s| s.verdict == v);

@@ -9,7 +9,7 @@ use std::fmt;
 
 pub const DEAD_LETTER_SCHEMA: &str = "liveness.dead_letter.v1";
 
-/// Why a job was given up (DESIGN §3). Also the dead letter's routing key.
+/// Why a job was given up (docs/messages.md#failure-classes). Also the dead letter's routing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {

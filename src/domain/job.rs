@@ -20,7 +20,7 @@ pub const MAX_METADATA_BYTES: usize = 8 * 1024;
 /// How much of an unparseable body a dead letter carries.
 pub const RAW_BODY_ECHO_BYTES: usize = 64 * 1024;
 
-/// The job message as producers send it (DESIGN §3). Null is accepted for
+/// The job message as producers send it (docs/messages.md#job). Null is accepted for
 /// every optional field and means "absent".
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(

@@ -1,4 +1,4 @@
-//! The job domain: message contracts (DESIGN §3), verdict rules and the
+//! The job domain: message contracts (docs/messages.md), verdict rules and the
 //! vendor-neutral assessment every adapter produces. Pure data and rules:
 //! nothing here performs I/O or names a broker, S3 or HTTP type.
 

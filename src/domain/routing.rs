@@ -64,7 +64,7 @@ impl Routing {
 }
 
 impl ProviderName {
-    /// Which checks a vendor offers at all (DESIGN §2).
+    /// Which checks a vendor offers at all (docs/vendors.md#checks-and-vendors).
     pub fn can_do(self, check: Check) -> bool {
         match self {
             ProviderName::Argos => true,

@@ -221,7 +221,7 @@ fn scenario_error(s: &Scenario, earlier: u64) -> Option<u32> {
     applies.then_some(code as u32)
 }
 
-/// The injected faults (DESIGN §6), applied before the key check like a
+/// The injected faults (docs/emulator.md#faults), applied before the key check like a
 /// vendor's edge would: None to go on, or the answer to give. A 429 comes
 /// in the endpoint's own error shape (`nested` under `error` for ID
 /// Liveness, flat for Face Liveness), without an error code: Argos

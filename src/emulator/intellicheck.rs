@@ -444,7 +444,7 @@ fn side_scores(s: &Scenario, sha: &[u8; 32]) -> SideScores {
             continue;
         }
         let score = given[i].unwrap_or_else(|| hash_score(sha, i));
-        // DESIGN §6: probability = score / 100, rounded to 3 decimals.
+        // docs/emulator.md#scenarios: probability = score / 100, rounded to 3 decimals.
         out[i] = Some((score * 10.0).round() / 1000.0);
     }
     SideScores(out)

@@ -1,4 +1,4 @@
-//! The vendor emulator (DESIGN §6): a test double held to each vendor's
+//! The vendor emulator (docs/emulator.md): a test double held to each vendor's
 //! contract, with scenario control through the image, call accounting and
 //! fault injection through an admin API.
 //!

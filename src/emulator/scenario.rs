@@ -1,4 +1,4 @@
-//! Scenario control (DESIGN §6): a JSON object stored in the image itself,
+//! Scenario control (docs/emulator.md#scenarios): a JSON object stored in the image itself,
 //! in a PNG `tEXt` chunk with keyword `liveness-scenario` or a JPEG COM
 //! segment `liveness-scenario=<json>`.
 

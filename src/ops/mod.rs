@@ -16,7 +16,7 @@
 //!   order): nothing is ever lost.
 //! - [`Progress`]: a progress bar on a terminal, plain lines otherwise.
 //!
-//! Exit codes (see README): 0 everything done, 1 some input lines were
+//! Exit codes (docs/operations.md): 0 everything done, 1 some input lines were
 //! invalid, 2 the command could not run, 3 some publishes were not
 //! confirmed, 130 a replay was interrupted.
 

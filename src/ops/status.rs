@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// Print JSON (shape in the README) instead of tables.
+    /// Print JSON (shape in docs/operations.md) instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Read at most this many dead letters to count them (0: all). Counts

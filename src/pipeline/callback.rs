@@ -1,4 +1,4 @@
-//! Argos ID Liveness asynchronous mode (docs/vendors.md#argos-callback-mode):
+//! Argos ID Liveness asynchronous mode (docs/reliability.md#argos-callback-mode):
 //! unforgeable callback URLs, the job back from the callback wait, and what
 //! a callback settles.
 //!

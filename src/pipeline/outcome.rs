@@ -1,5 +1,5 @@
 //! The outcome stage: the results store that makes "pay once" true
-//! (docs/reliability.md#pay-once). A job's stored outcome is looked up
+//! (docs/reliability.md#pay-once-the-results-store). A job's stored outcome is looked up
 //! before any vendor call and a new one is stored before its result is
 //! published; pending callback records and the audit trail live here too.
 //! Without a store every operation is a no-op and every lookup finds

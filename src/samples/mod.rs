@@ -1,5 +1,5 @@
 //! Sample images for the demo, the tests and the benchmark: real PNG and
-//! JPEG files that can carry an emulator scenario (DESIGN §6) in a PNG
+//! JPEG files that can carry an emulator scenario (docs/emulator.md#scenarios) in a PNG
 //! `tEXt` chunk or a JPEG COM segment, padded to any size.
 
 use std::io::Write as _;

@@ -1,5 +1,5 @@
 //! The Argos callback receiver: `POST /callbacks/<vendor>/<job_id>/<n>`
-//! on every replica (docs/vendors.md#argos-callback-mode). It verifies the
+//! on every replica (docs/reliability.md#argos-callback-mode). It verifies the
 //! URL's token, reads the job's pending record, hands the body to
 //! [`Pipeline::settle_callback`], and finishes the job through the same
 //! [`Finisher`] as the consume loop.

@@ -1,4 +1,4 @@
-//! The chaos suite (DESIGN §5, §7): two real worker processes work through a
+//! The chaos suite (docs/reliability.md#the-chaos-suite): two real worker processes work through a
 //! batch while something breaks, and every job must come out exactly once
 //! (duplicate deliveries of the same outcome are allowed and counted), with
 //! no vendor call beyond the attempts the results record, no dead letter for

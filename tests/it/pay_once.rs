@@ -1,4 +1,4 @@
-//! Pay once (DESIGN §5): outcomes are stored before they are published and
+//! Pay once (docs/reliability.md#pay-once-the-results-store): outcomes are stored before they are published and
 //! looked up before any vendor call; a reused job_id with another image is a
 //! conflict; every vendor attempt is audited; a vendor that refuses our
 //! credentials is paused instead of being called for every parked job.

@@ -4,7 +4,8 @@
 //! Why not a buffer: a whole body is a second copy of the image, a third
 //! larger than it, held for the whole vendor call. With 3 MB images and
 //! 64 jobs in flight that is 256 MB of base64 on top of the images, which
-//! breaks DESIGN §7's memory bar (40 MB + 1.5 × in flight × image size) and
+//! breaks the memory bar (40 MB + 1.5 × in flight × image size,
+//! docs/benchmark.md#the-bars) and
 //! costs page faults for every fresh multi-megabyte buffer. Encoded per
 //! frame, a job holds the image (a reference-counted `Bytes` the retry loop
 //! reuses) and one 64 KiB frame at a time. The length is known up front, so

@@ -57,7 +57,7 @@ fn explain(
 }
 
 /// A 200 (or success callback) of `POST /document`. A requested pipeline
-/// missing from `result` counts as not performed (CONTRACTS).
+/// missing from `result` counts as not performed (docs/vendors.md).
 pub fn document(
     resp: &DocumentResponse,
     requested: &[SignalName],

@@ -1,6 +1,6 @@
 //! Didit answers → our assessment. Pure: fixtures in, assessments out.
 //!
-//! Verdict rules (CONTRACTS, Didit decisions), first match wins:
+//! Verdict rules (docs/vendors.md#didit), first match wins:
 //! 1. status `Not Finished` → inconclusive (the user never completed it);
 //! 2. a `NO_FACE_DETECTED` warning → inconclusive, score null;
 //! 3. `LIVENESS_FACE_ATTACK` (unless merely information) or

@@ -15,7 +15,7 @@ use serde_json::{Number, Value};
 /// The endpoint, after the configured base URL.
 pub const PATH: &str = "/v3/passive-liveness/";
 /// Didit answers 400 to images over "5 MB"; we read it as 5 000 000 bytes,
-/// the stricter of its two readings (DESIGN §3).
+/// the stricter of its two readings (docs/messages.md#failure-classes).
 pub const MAX_IMAGE_BYTES: u64 = 5_000_000;
 /// The vendor's decline threshold when the request sets none.
 pub const DEFAULT_DECLINE_THRESHOLD: f64 = 30.0;
@@ -158,7 +158,7 @@ pub struct RiskWarning {
 
 /// The documented risk codes with their standalone-API severity and short
 /// description. Codes the vendor gives no standalone severity for are
-/// reported as warnings (DESIGN §6).
+/// reported as warnings (docs/vendors.md#didit).
 pub fn risk(code: &str) -> Option<(LogType, &'static str)> {
     Some(match code {
         NO_FACE_DETECTED => (LogType::Error, "No face detected"),

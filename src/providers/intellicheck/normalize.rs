@@ -1,6 +1,6 @@
 //! Intellicheck answers → our assessment. Pure: fixtures in, assessments out.
 //!
-//! Per check and side (CONTRACTS): `live` 1 → live, 0 → spoof, 2 or a null
+//! Per check and side (docs/vendors.md): `live` 1 → live, 0 → spoof, 2 or a null
 //! probability → not performed; the normalized score is the probability.
 //! Intellicheck has no review band.
 

@@ -23,7 +23,7 @@ pub const SIGNAL_DOCUMENT_LIVENESS: &str = "document_liveness_idrnd";
 pub const DOCUMENT_TYPE_OTHER: &str = "other";
 
 /// The three spellings the vendor uses for the document liveness object in
-/// `/get-results` (schema, page title, connector schema; CONTRACTS).
+/// `/get-results` (schema, page title, connector schema; docs/vendors.md).
 pub const LIVENESS_KEYS: [&str; 3] = [
     "documentLivenessIdRnD",
     "document_livenessIdRnD",
