@@ -64,7 +64,5 @@ st "$url/modules" "$contracts/argos-face-liveness.openapi.yaml" \
   --exclude-checks ignored_auth --generation-with-security-parameters false
 echo "-- Argos Face Liveness (POST /modules/liveness): the key is enforced"
 st "$url/modules" "$contracts/argos-face-liveness.openapi.yaml" --checks ignored_auth
-# docs/vendors/didit-passive-liveness.openapi.yaml is not run yet: to a POST without any
-# body the emulator answers 415, a status Didit does not document (its documented answer
-# to a missing image is 400). Once the emulator answers that 400, add:
-#   st "$url" "$contracts/didit-passive-liveness.openapi.yaml"
+echo "-- Didit passive liveness (POST /v3/passive-liveness/): all checks"
+st "$url" "$contracts/didit-passive-liveness.openapi.yaml"

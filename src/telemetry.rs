@@ -386,20 +386,6 @@ impl Metrics {
             .set(open as i64);
     }
 
-    /// The vendors whose gauge in `family` is set.
-    fn flagged(family: &Family<VendorLabels, Gauge>) -> Vec<&'static str> {
-        ProviderName::ALL
-            .into_iter()
-            .filter(|p| {
-                family
-                    .get_or_create(&VendorLabels { vendor: p.as_str() })
-                    .get()
-                    > 0
-            })
-            .map(ProviderName::as_str)
-            .collect()
-    }
-
     pub fn outcome_reused(&self) {
         self.outcomes_reused.inc();
     }
@@ -458,24 +444,17 @@ impl Health {
     pub fn set_draining(&self, v: bool) {
         self.draining.store(v, Ordering::SeqCst);
     }
-    /// Connected and consuming, not draining, no vendor paused.
-    pub fn ready(&self, metrics: &Metrics) -> Result<(), String> {
+    /// Whether this replica can take work: connected and consuming, not
+    /// draining. A paused vendor or an open breaker does not count: the
+    /// other vendors' jobs go on, the callback receiver keeps serving, and a
+    /// fleet-wide pause must not take every pod out of its Services or
+    /// block node drains. They show in metrics and `status` instead.
+    pub fn ready(&self) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
             return Err("draining".into());
         }
         if !self.consuming.load(Ordering::SeqCst) {
             return Err("not consuming (connecting to the broker)".into());
-        }
-        let paused = Metrics::flagged(&metrics.vendor_paused);
-        if !paused.is_empty() {
-            return Err(format!("paused vendors: {}", paused.join(", ")));
-        }
-        let failing = Metrics::flagged(&metrics.breaker_open);
-        if !failing.is_empty() {
-            return Err(format!(
-                "vendors failing every call (circuit open): {}",
-                failing.join(", ")
-            ));
         }
         Ok(())
     }
@@ -517,7 +496,7 @@ async fn metrics(State(t): State<Telemetry>) -> Response {
 }
 
 async fn ready(State(t): State<Telemetry>) -> Response {
-    match t.health.ready(&t.metrics) {
+    match t.health.ready() {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }

@@ -304,8 +304,9 @@ async fn document(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         Some(_) => return document_error(StatusCode::BAD_REQUEST, 1008, None, &txn),
     }
     // Asynchronous mode: answer 201, post the result to this URL later.
+    // The vendor types it as a string: null is as wrong as a number.
     let callback = match req.get("callbackUrl") {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
             Some(u.clone())
         }

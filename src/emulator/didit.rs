@@ -227,6 +227,10 @@ async fn passive_liveness(
 
     let up = match upload {
         Ok(up) => up,
+        // No body at all: Didit's answer is the missing image, a 400.
+        Err(FormProblem::NotMultipart) if !headers.contains_key(header::CONTENT_TYPE) => {
+            return field_error(wire::FIELD_IMAGE, "No file was submitted.");
+        }
         Err(FormProblem::NotMultipart) => {
             let ct = headers
                 .get(header::CONTENT_TYPE)

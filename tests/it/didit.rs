@@ -329,7 +329,7 @@ async fn a_revoked_key_parks_jobs_instead_of_dead_lettering_them() {
     let uri = t.upload("parked.png", img.clone()).await;
     t.publish(&t.job("parked", "face", &uri)).await;
     wait_for("didit to pause", 20, async || {
-        t.probe("/readyz").await == (503, "paused vendors: didit".into())
+        t.vendor_flag("vendor_paused", "didit").await
     })
     .await;
     // Parked at least twice on the ladder, still nothing dead-lettered.
@@ -354,8 +354,8 @@ async fn a_revoked_key_parks_jobs_instead_of_dead_lettering_them() {
         t.vendor_submissions_for("didit", &sha256_hex(&img)).await
     );
     assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
-    wait_for("readiness after the pause", 10, async || {
-        t.probe("/readyz").await.0 == 200
+    wait_for("the vendor to be resumed", 10, async || {
+        !t.vendor_flag("vendor_paused", "didit").await
     })
     .await;
     t.finish().await;

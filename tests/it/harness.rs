@@ -325,6 +325,22 @@ impl TestEnv {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// Whether the vendor is paused (its `liveness_vendor_paused` gauge),
+    /// checking on the way that readiness does not depend on it: a paused
+    /// vendor leaves the replica ready for the other vendors' work.
+    pub async fn vendor_flag(&self, gauge: &str, vendor: &str) -> bool {
+        let metrics = self.probe("/metrics").await.1;
+        let set = metrics.contains(&format!("liveness_{gauge}{{vendor=\"{vendor}\"}} 1"));
+        if set {
+            assert_eq!(
+                self.probe("/readyz").await,
+                (200, "ready".into()),
+                "readiness must not follow a {gauge} vendor"
+            );
+        }
+        set
+    }
+
     /// `GET /_admin/calls` of the emulator.
     pub async fn calls(&self) -> Value {
         reqwest::get(format!("{}/_admin/calls", self.emulator.base_url()))

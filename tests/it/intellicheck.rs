@@ -457,7 +457,7 @@ async fn intellicheck_refused_credentials_park_jobs_and_dead_letter_nothing() {
     let uri = t.upload("parked.png", img.clone()).await;
     t.publish(&intellicheck_job(&t, "ic-parked", &uri)).await;
     wait_for("intellicheck to pause", 20, async || {
-        t.probe("/readyz").await == (503, "paused vendors: intellicheck".into())
+        t.vendor_flag("vendor_paused", "intellicheck").await
     })
     .await;
     // Refused at /start (403: our signature no longer verifies): no image went out.
@@ -494,7 +494,7 @@ async fn intellicheck_wrong_signing_key_or_customer_pauses_the_vendor() {
             .await;
         t.publish(&intellicheck_job(&t, "ic-refused", &uri)).await;
         wait_for("intellicheck to pause", 20, async || {
-            t.probe("/readyz").await == (503, "paused vendors: intellicheck".into())
+            t.vendor_flag("vendor_paused", "intellicheck").await
         })
         .await;
         // Parked on the ladder again and again, never dead-lettered.

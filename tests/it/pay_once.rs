@@ -200,7 +200,7 @@ async fn a_paused_vendor_is_probed_not_called_for_every_parked_job() {
         .await;
     t.publish(&t.job("pause-0", "document", &first)).await;
     wait_for("the vendor to pause", 20, async || {
-        t.probe("/readyz").await.1 == "paused vendors: argos"
+        t.vendor_flag("vendor_paused", "argos").await
     })
     .await;
     let paused_at = Instant::now();
@@ -238,8 +238,8 @@ async fn a_paused_vendor_is_probed_not_called_for_every_parked_job() {
     let results = t.results(n as usize + 1).await;
     assert!(results.values().all(|(_, _, r)| r["verdict"] == "live"));
     assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
-    wait_for("readiness after the pause", 10, async || {
-        t.probe("/readyz").await.0 == 200
+    wait_for("the vendor to be resumed", 10, async || {
+        !t.vendor_flag("vendor_paused", "argos").await
     })
     .await;
     t.finish().await;

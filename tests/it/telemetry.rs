@@ -135,7 +135,7 @@ async fn metrics_and_probes_follow_the_worker() {
         .await;
     t.publish(&t.job("m-parked", "document", &parked)).await;
     wait_for("the vendor to pause", 20, async || {
-        t.probe("/readyz").await == (503, "paused vendors: argos".into())
+        t.vendor_flag("vendor_paused", "argos").await
     })
     .await;
     let text = t.probe("/metrics").await.1;
@@ -157,8 +157,8 @@ async fn metrics_and_probes_follow_the_worker() {
         0,
         "nothing dead-lettered for rejected credentials"
     );
-    wait_for("readiness after the pause", 10, async || {
-        t.probe("/readyz").await.0 == 200
+    wait_for("the vendor to be resumed", 10, async || {
+        !t.vendor_flag("vendor_paused", "argos").await
     })
     .await;
 
