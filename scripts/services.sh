@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Local backing services for liveness-worker: RabbitMQ (AMQP) and Garage (S3).
+# Local backing services for liveness-worker: RabbitMQ (AMQP), Redis (the
+# coordination store) and Garage (S3).
 #
 # Usage: scripts/services.sh [up|--print-env|start-s3|stop-s3|down|help]
-#   up           (default) ensure RabbitMQ + Garage are running and provisioned
+#   up           (default) ensure RabbitMQ, Redis and Garage are running and provisioned
 #                (and openssl + stunnel4 for the TLS tests are installed),
 #                write <state dir>/env and print the export lines on stdout
 #   --print-env  same as up; stdout carries ONLY export lines, so
@@ -89,6 +90,29 @@ ensure_rabbitmq() {
   wait_for 90 "rabbitmq: startup" \
     bash -c "timeout 30 rabbitmqctl -q await_startup && timeout 2 bash -c ': </dev/tcp/$AMQP_HOST/$AMQP_PORT'" \
     || die "RabbitMQ did not come up within 90s (see /var/log/rabbitmq/)"
+}
+
+# ---------------------------------------------------------------- Redis
+
+REDIS_HOST=127.0.0.1 REDIS_PORT=6379
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing redis-server via apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y redis-server </dev/null 9>&-
+  fi
+  if timeout 2 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+    log "redis: already running on $REDIS_HOST:$REDIS_PORT"
+    return
+  fi
+  log "redis: starting (no persistence: the coordination store needs none)"
+  mkdir -p "$STATE_DIR/redis"
+  redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" --save "" \
+    --appendonly no --dir "$STATE_DIR/redis" --logfile "$STATE_DIR/redis.log" </dev/null 9>&- >/dev/null
+  wait_for 30 "redis: ping" bash -c "redis-cli -h $REDIS_HOST -p $REDIS_PORT ping | grep -q PONG" \
+    || die "Redis did not come up within 30s (see $STATE_DIR/redis.log)"
 }
 
 # ---------------------------------------------------------------- Garage binary
@@ -303,6 +327,7 @@ write_env() {
     LIVENESS_S3__FORCE_PATH_STYLE "true"
     LIVENESS_TEST_IMAGES_BUCKET "$IMAGES_BUCKET"
     LIVENESS_TEST_RESULTS_BUCKET "$RESULTS_BUCKET"
+    LIVENESS_TEST_REDIS_URL "redis://$REDIS_HOST:$REDIS_PORT/0"
     LIVENESS_SERVICES_DIR "$STATE_DIR"
     GARAGE_BIN "$GARAGE_BIN"
     GARAGE_CONFIG "$GARAGE_CONFIG"
@@ -339,6 +364,7 @@ usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 up() {
   local started=$SECONDS
   ensure_rabbitmq
+  ensure_redis
   ensure_tls_test_tools
   resolve_garage_bin
   start_garage

@@ -37,7 +37,6 @@ PROMETHEUSRULE = ROOT / "deploy/k8s/prometheusrule.yaml"
 # have them yet; once they do, they are checked like every other key.
 PENDING_KEYS = {
     "worker.max_image_bytes_in_flight",
-    "coordination.redis_url",
 }
 PENDING_METRICS = {"consuming", "unroutable_publishes", "publish_unroutable", "job_queue_wait_seconds"}
 
@@ -146,7 +145,8 @@ def env_key(var):
     return var.removeprefix("LIVENESS_").lower().replace("__", ".")
 
 
-drain = duration_secs(defaults["worker"]["drain_timeout"])
+# The longest a drain can take: drain_timeout, then drain_grace for answers in hand.
+drain = duration_secs(defaults["worker"]["drain_timeout"]) + duration_secs(defaults["worker"]["drain_grace"])
 metric_names = set(re.findall(r'registry\.register\(\s*"([a-z0-9_]+)"', (ROOT / "src/telemetry.rs").read_text(), re.S))
 pending_metrics_used = set()
 
@@ -180,7 +180,7 @@ if not problems:
         check("healthcheck" in services[name], f"compose: {name} has no healthcheck")
     w = services["worker"]
     check(w.get("deploy", {}).get("replicas") == 3, "compose: worker must run three replicas")
-    check(duration_secs(w.get("stop_grace_period", "0s")) > drain, "compose: worker stop_grace_period must exceed drain_timeout")
+    check(duration_secs(w.get("stop_grace_period", "0s")) > drain, "compose: worker stop_grace_period must exceed drain_timeout + drain_grace")
     check(w["depends_on"]["minio-init"]["condition"] == "service_completed_successfully", "compose: worker must wait for the buckets")
     check(w["depends_on"].get("redis", {}).get("condition") == "service_healthy", "compose: worker must wait for a healthy redis")
     init = " ".join(services["minio-init"]["entrypoint"])
@@ -337,7 +337,7 @@ if dep:
     labels = pod["metadata"]["labels"]
     check("livenessProbe" in c and c["livenessProbe"]["httpGet"]["path"] == "/livez", "k8s: liveness probe must GET /livez")
     check("readinessProbe" in c and c["readinessProbe"]["httpGet"]["path"] == "/readyz", "k8s: readiness probe must GET /readyz")
-    check(spec.get("terminationGracePeriodSeconds", 30) > drain, "k8s: terminationGracePeriodSeconds must exceed drain_timeout")
+    check(spec.get("terminationGracePeriodSeconds", 30) > drain, "k8s: terminationGracePeriodSeconds must exceed drain_timeout + drain_grace")
     check(spec.get("securityContext", {}).get("runAsNonRoot") is True, "k8s: pod must run as non-root")
     check(any(v.get("configMap") for v in spec.get("volumes", [])), "k8s: configuration must come from a ConfigMap")
     env = {e["name"]: e for e in c.get("env", [])}

@@ -12,9 +12,10 @@
 //!   job's progress across deliveries. Pure: no I/O.
 //! - [`config`]: one typed configuration tree, loaded in layers.
 //! - [`telemetry`]: logs, metrics (typed labels), probes.
-//! - [`store`], [`providers`], [`broker`]: S3 (images, the results
-//!   store), one folder per vendor behind [`providers::Provider`], RabbitMQ
-//!   (topology, confirms, the worker-owned headers).
+//! - [`store`], [`providers`], [`broker`], [`coordination`]: S3 (images,
+//!   the results store), one folder per vendor behind
+//!   [`providers::Provider`], RabbitMQ (topology, confirms, the
+//!   worker-owned headers), Redis (claims, fleet heartbeats).
 //! - [`pipeline`]: one delivery from body to [`pipeline::Finished`], in
 //!   stages. Knows no broker, SDK or HTTP type.
 //! - [`worker`]: the consume loop, the one finish path (publish with
@@ -25,6 +26,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod coordination;
 pub mod demo;
 pub mod domain;
 pub mod emulator;

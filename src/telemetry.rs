@@ -113,6 +113,33 @@ impl StoreOp {
     }
 }
 
+/// Where a worker publish goes (`liveness_unroutable_publishes_total{target}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PublishTarget {
+    Results,
+    Dead,
+    Retry,
+    CallbackWait,
+}
+
+impl PublishTarget {
+    pub const ALL: [PublishTarget; 4] = [
+        PublishTarget::Results,
+        PublishTarget::Dead,
+        PublishTarget::Retry,
+        PublishTarget::CallbackWait,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishTarget::Results => "results",
+            PublishTarget::Dead => "dead",
+            PublishTarget::Retry => "retry",
+            PublishTarget::CallbackWait => "callback_wait",
+        }
+    }
+}
+
 /// What became of a vendor callback (`liveness_callbacks_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallbackOutcome {
@@ -188,8 +215,28 @@ pub struct Metrics {
     breaker_open: Family<VendorLabels, Gauge>,
     publish_failures: Counter,
     outcomes_reused: Counter,
+    claim_waits: Counter,
     store_errors: Family<Op, Counter>,
     callbacks: Family<Outcome, Counter>,
+    unroutable: Family<TargetLabels, Counter>,
+    publish_unroutable: Family<TargetLabels, Gauge>,
+    consuming: Gauge,
+    queue_wait: Histogram,
+    /// Totals the fleet heartbeat reports (results by routing key, dead
+    /// letters by class).
+    fleet: std::sync::Mutex<FleetCounters>,
+}
+
+/// Totals since start, by routing key and by failure class.
+#[derive(Debug, Clone, Default)]
+pub struct FleetCounters {
+    pub results: std::collections::BTreeMap<String, u64>,
+    pub dead_letters: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -278,6 +325,12 @@ impl Metrics {
             "Jobs answered from the results store without calling a vendor (redeliveries, replays, repeated backfills)",
             outcomes_reused.clone(),
         );
+        let claim_waits = Counter::default();
+        registry.register(
+            "claim_waits",
+            "Jobs that found their claim held by another live copy and waited for it instead of calling the vendor",
+            claim_waits.clone(),
+        );
         let store_errors = Family::<Op, Counter>::default();
         registry.register(
             "results_store_errors",
@@ -289,6 +342,33 @@ impl Metrics {
             "callbacks",
             "Vendor callbacks received (Argos callback mode), by outcome: accepted, duplicate, unknown, refused, failed",
             callbacks.clone(),
+        );
+        let unroutable = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "unroutable_publishes",
+            "Worker publishes the broker returned because no queue was bound for them (the job was not acked), by target",
+            unroutable.clone(),
+        );
+        let publish_unroutable = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "publish_unroutable",
+            "1 while the last publish to this target came back unroutable, else 0",
+            publish_unroutable.clone(),
+        );
+        let consuming = Gauge::default();
+        registry.register(
+            "consuming",
+            "1 while this replica consumes the jobs queue",
+            consuming.clone(),
+        );
+        // 1 s to about 4.5 h: how long jobs waited for a worker.
+        let queue_wait = Histogram::new([
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 16200.0,
+        ]);
+        registry.register(
+            "job_queue_wait_seconds",
+            "Time from a job's publish (its AMQP timestamp, when set) to its delivery to this replica",
+            queue_wait.clone(),
         );
         let m = Metrics {
             registry,
@@ -303,12 +383,21 @@ impl Metrics {
             breaker_open,
             publish_failures,
             outcomes_reused,
+            claim_waits,
             store_errors,
             callbacks,
+            unroutable,
+            publish_unroutable,
+            consuming,
+            queue_wait,
+            fleet: Default::default(),
         };
         for p in ProviderName::ALL {
             m.set_paused(p, false);
             m.set_breaker_open(p, false);
+        }
+        for t in PublishTarget::ALL {
+            m.set_unroutable(t, false);
         }
         m
     }
@@ -332,7 +421,55 @@ impl Metrics {
             .inc();
     }
 
+    /// A result published, for the fleet heartbeat's totals.
+    pub fn result_published(&self, routing_key: String) {
+        *self
+            .fleet
+            .lock()
+            .expect("fleet counters")
+            .results
+            .entry(routing_key)
+            .or_default() += 1;
+    }
+
+    pub fn fleet_counters(&self) -> FleetCounters {
+        self.fleet.lock().expect("fleet counters").clone()
+    }
+
+    /// A publish came back unroutable (or, `false`, went through).
+    pub fn set_unroutable(&self, target: PublishTarget, unroutable: bool) {
+        let labels = TargetLabels {
+            target: target.as_str(),
+        };
+        if unroutable {
+            self.unroutable.get_or_create(&labels).inc();
+        }
+        self.publish_unroutable
+            .get_or_create(&labels)
+            .set(unroutable as i64);
+    }
+
+    pub fn set_consuming(&self, consuming: bool) {
+        self.consuming.set(consuming as i64);
+    }
+
+    pub fn queue_wait(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Jobs being processed by this replica now.
+    pub fn jobs_in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
     pub fn dead_letter(&self, class: FailureClass, vendor: Option<ProviderName>) {
+        *self
+            .fleet
+            .lock()
+            .expect("fleet counters")
+            .dead_letters
+            .entry(class.as_str().to_owned())
+            .or_default() += 1;
         self.dead_letters
             .get_or_create(&DeadLabels {
                 class: class.as_str(),
@@ -386,6 +523,10 @@ impl Metrics {
             .set(open as i64);
     }
 
+    pub fn claim_wait(&self) {
+        self.claim_waits.inc();
+    }
+
     pub fn outcome_reused(&self) {
         self.outcomes_reused.inc();
     }
@@ -435,6 +576,7 @@ impl Drop for InFlight {
 pub struct Health {
     consuming: AtomicBool,
     draining: AtomicBool,
+    results_unroutable: AtomicBool,
 }
 
 impl Health {
@@ -443,6 +585,17 @@ impl Health {
     }
     pub fn set_draining(&self, v: bool) {
         self.draining.store(v, Ordering::SeqCst);
+    }
+    /// Results have nowhere to go (a publish to the results exchange came
+    /// back unroutable): no job can be finished.
+    pub fn set_results_unroutable(&self, v: bool) {
+        self.results_unroutable.store(v, Ordering::SeqCst);
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+    pub fn is_consuming(&self) -> bool {
+        self.consuming.load(Ordering::SeqCst)
     }
     /// Whether this replica can take work: connected and consuming, not
     /// draining. A paused vendor or an open breaker does not count: the
@@ -455,6 +608,12 @@ impl Health {
         }
         if !self.consuming.load(Ordering::SeqCst) {
             return Err("not consuming (connecting to the broker)".into());
+        }
+        if self.results_unroutable.load(Ordering::SeqCst) {
+            return Err(
+                "results have nowhere to go: the broker returns them as unroutable (bind a queue to the results exchange)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -7,10 +7,19 @@
 //! headers record `replay`'s work and follow the job onto its next dead
 //! letter. The broker's own headers (`x-delivery-count`, `x-death`) are
 //! never copied onto a message the worker publishes.
+//!
+//! The progress headers are authenticated: an HMAC-SHA256 over their values
+//! and the body's digest, with a key every replica shares
+//! (`broker.state_secret`), in `x-liveness-state-mac`. A producer cannot
+//! set them (a fresh job that claims to be awaiting its callback, or to have
+//! used its budget), nor move them onto another body: a message whose
+//! progress does not verify is a fresh job.
 
 use crate::domain::carried::Carried;
+use hmac::{Hmac, Mac};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
+use sha2::{Digest, Sha256};
 
 pub const H_ATTEMPTS: &str = "x-liveness-attempts";
 pub const H_LADDER_STEP: &str = "x-liveness-ladder-step";
@@ -22,6 +31,69 @@ pub const H_AWAITING_CALLBACK: &str = "x-liveness-awaiting-callback";
 /// Set by `replay`: how many times the job was replayed, and when last.
 pub const H_REPLAYS: &str = "x-liveness-replays";
 pub const H_REPLAYED_AT: &str = "x-liveness-replayed-at";
+/// The HMAC that authenticates the progress headers.
+pub const H_STATE_MAC: &str = "x-liveness-state-mac";
+
+/// The key of the progress headers' HMAC.
+#[derive(Clone)]
+pub struct StateKey([u8; 32]);
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKey([redacted])")
+    }
+}
+
+impl StateKey {
+    /// `broker.state_secret`, or a key derived from `broker.url` when it is
+    /// empty (every replica has the URL; a producer with other credentials
+    /// does not).
+    pub fn from_config(c: &crate::config::BrokerConfig) -> StateKey {
+        let material = if c.state_secret.is_empty() {
+            format!(
+                "liveness-worker state key from broker.url\n{}",
+                c.url.expose()
+            )
+        } else {
+            format!("liveness-worker state key\n{}", c.state_secret.expose())
+        };
+        StateKey(Sha256::digest(material.as_bytes()).into())
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(seed: &str) -> StateKey {
+        StateKey(Sha256::digest(seed.as_bytes()).into())
+    }
+
+    fn mac(&self, c: &Carried, body: &[u8]) -> Hmac<Sha256> {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
+        m.update(
+            format!(
+                "liveness-state-v1\n{}\n{}\n{}\n{}\n{}\n",
+                c.attempts,
+                c.ladder_step,
+                c.first_received_at.as_deref().unwrap_or(""),
+                c.callback_submissions,
+                c.awaiting_callback
+            )
+            .as_bytes(),
+        );
+        m.update(&Sha256::digest(body));
+        m
+    }
+}
+
+/// Whether a message's progress headers could be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// None: a job as a producer sent it.
+    Fresh,
+    /// Written by a worker for this body.
+    Verified,
+    /// Present but not verifiable (set by a producer, moved to another body,
+    /// or written under another key): ignored.
+    Refused,
+}
 
 /// The broker's delivery counter on quorum queues.
 const H_DELIVERY_COUNT: &str = "x-delivery-count";
@@ -82,9 +154,33 @@ pub fn delivery_count(props: &BasicProperties) -> u32 {
         .unwrap_or(0)
 }
 
-/// The progress a message carries. Odd values are ignored rather than
-/// obeyed.
-pub fn carried(props: &BasicProperties) -> Carried {
+/// The progress a message carries, if a worker wrote it for this `body`;
+/// otherwise a fresh job's (and why).
+pub fn carried(props: &BasicProperties, key: &StateKey, body: &[u8]) -> (Carried, Provenance) {
+    let present = props
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().keys().any(|k| progress_header(k.as_str())));
+    if !present {
+        return (Carried::default(), Provenance::Fresh);
+    }
+    let c = read_progress(props);
+    let given = header(props, H_STATE_MAC)
+        .and_then(as_text)
+        .and_then(|t| hex::decode(t).ok());
+    match given {
+        Some(tag) if key.mac(&c, body).verify_slice(&tag).is_ok() => (c, Provenance::Verified),
+        _ => (Carried::default(), Provenance::Refused),
+    }
+}
+
+/// The progress headers (the MAC included): every worker-owned header but
+/// the replay ones.
+fn progress_header(key: &str) -> bool {
+    worker_owned(key) && !replay_header(key)
+}
+
+fn read_progress(props: &BasicProperties) -> Carried {
     let count = |name| header(props, name).and_then(as_u32).unwrap_or(0);
     Carried {
         attempts: count(H_ATTEMPTS),
@@ -142,10 +238,15 @@ fn republished(original: &BasicProperties, headers: FieldTable) -> BasicProperti
     p
 }
 
-/// Properties for putting a job back on its way (delay ladder, callback
-/// wait): the producer's own properties and headers, its replay headers,
-/// and `carried`.
-pub fn with_progress(original: &BasicProperties, carried: &Carried) -> BasicProperties {
+/// Properties for putting a job (`body`) back on its way (delay ladder,
+/// callback wait): the producer's own properties and headers, its replay
+/// headers, and `carried`, authenticated with `key`.
+pub fn with_progress(
+    original: &BasicProperties,
+    carried: &Carried,
+    key: &StateKey,
+    body: &[u8],
+) -> BasicProperties {
     let mut headers = producer_headers(original);
     for (k, v) in replay_headers(original).inner() {
         headers.insert(k.clone(), v.clone());
@@ -173,6 +274,8 @@ pub fn with_progress(original: &BasicProperties, carried: &Carried) -> BasicProp
     if carried.awaiting_callback {
         headers.insert(H_AWAITING_CALLBACK.into(), AMQPValue::Boolean(true));
     }
+    let tag = hex::encode(key.mac(carried, body).finalize().into_bytes());
+    headers.insert(H_STATE_MAC.into(), AMQPValue::LongString(tag.into()));
     republished(original, headers)
 }
 
@@ -229,8 +332,22 @@ mod tests {
             callback_submissions: 1,
             awaiting_callback: true,
         };
-        let p = with_progress(&BasicProperties::default(), &c);
-        assert_eq!(carried(&p), c);
+        let key = StateKey::for_tests("k");
+        let p = with_progress(&BasicProperties::default(), &c, &key, b"body");
+        assert_eq!(
+            carried(&p, &key, b"body"),
+            (c.clone(), Provenance::Verified)
+        );
+        assert_eq!(
+            carried(&p, &key, b"another body").1,
+            Provenance::Refused,
+            "bound to the body"
+        );
+        assert_eq!(
+            carried(&p, &StateKey::for_tests("other"), b"body").1,
+            Provenance::Refused,
+            "bound to the key"
+        );
         assert_eq!(p.delivery_mode(), &Some(2));
         assert_eq!(
             p.content_type().as_ref().map(|c| c.as_str()),
@@ -248,13 +365,17 @@ mod tests {
             (H_AWAITING_CALLBACK, AMQPValue::Boolean(true)),
             (H_REPLAYS, AMQPValue::LongInt(2)),
         ]);
-        let p = with_progress(&original, &Carried::default());
+        let key = StateKey::for_tests("k");
+        let p = with_progress(&original, &Carried::default(), &key, b"b");
         assert_eq!(
             keys(&p),
-            ["tenant", H_ATTEMPTS, H_LADDER_STEP, H_REPLAYS],
+            ["tenant", H_ATTEMPTS, H_LADDER_STEP, H_REPLAYS, H_STATE_MAC],
             "the old progress is replaced, not merged"
         );
-        assert_eq!(carried(&p), Carried::default());
+        assert_eq!(
+            carried(&p, &key, b"b"),
+            (Carried::default(), Provenance::Verified)
+        );
         assert_eq!(replays(&p), 2);
     }
 
@@ -271,9 +392,29 @@ mod tests {
         let p = replay_props(&original, replayed(&original, true, "now"));
         assert_eq!(keys(&p), ["tenant", H_REPLAYED_AT, H_REPLAYS]);
         assert_eq!(replays(&p), 3);
-        assert_eq!(carried(&p), Carried::default());
+        let key = StateKey::for_tests("k");
+        assert_eq!(
+            carried(&p, &key, b""),
+            (Carried::default(), Provenance::Fresh)
+        );
         let fresh = replayed(&original, false, "now");
         assert_eq!(fresh.inner().len(), 2);
+    }
+
+    #[test]
+    fn forged_progress_is_a_fresh_job() {
+        let key = StateKey::for_tests("k");
+        let forged = props(&[
+            (H_ATTEMPTS, AMQPValue::LongLongInt(99)),
+            (H_AWAITING_CALLBACK, AMQPValue::Boolean(true)),
+            (H_STATE_MAC, AMQPValue::LongString("00".into())),
+        ]);
+        assert_eq!(
+            carried(&forged, &key, b"{}"),
+            (Carried::default(), Provenance::Refused)
+        );
+        let unsigned = props(&[(H_LADDER_STEP, AMQPValue::LongLongInt(7))]);
+        assert_eq!(carried(&unsigned, &key, b"{}").1, Provenance::Refused);
     }
 
     #[test]
@@ -285,7 +426,7 @@ mod tests {
             (H_AWAITING_CALLBACK, AMQPValue::LongInt(1)),
             (H_DELIVERY_COUNT, AMQPValue::LongString("7".into())),
         ]);
-        assert_eq!(carried(&p), Carried::default());
+        assert_eq!(read_progress(&p), Carried::default());
         assert_eq!(delivery_count(&p), 0);
     }
 }

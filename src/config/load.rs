@@ -9,13 +9,14 @@ use figment::providers::{Env, Format, Toml};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "broker",
     "worker",
     "retry",
     "s3",
     "results",
     "providers",
+    "coordination",
     "telemetry",
 ];
 
@@ -91,6 +92,7 @@ fn from_figment(fig: Figment) -> anyhow::Result<Config> {
     let p = &mut cfg.providers;
     for (secret, key) in [
         (&mut cfg.broker.url, "broker.url"),
+        (&mut cfg.broker.state_secret, "broker.state_secret"),
         (&mut cfg.s3.secret_access_key, "s3.secret_access_key"),
         (&mut p.argos.api_key, "providers.argos.api_key"),
         (
@@ -102,6 +104,7 @@ fn from_figment(fig: Figment) -> anyhow::Result<Config> {
             "providers.intellicheck.signing_key",
         ),
         (&mut p.didit.api_key, "providers.didit.api_key"),
+        (&mut cfg.coordination.redis_url, "coordination.redis_url"),
     ] {
         secret.resolve(key)?;
     }

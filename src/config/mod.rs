@@ -35,6 +35,7 @@ pub struct Config {
     pub s3: S3Config,
     pub results: ResultsConfig,
     pub providers: ProvidersConfig,
+    pub coordination: CoordinationConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -82,6 +83,13 @@ pub struct BrokerConfig {
     pub delivery_limit: NonZeroU32,
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
+    /// How long a worker keeps retrying an outcome the broker does not
+    /// confirm (or returns unroutable) before it gives the job back.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Key of the HMAC that authenticates the worker-owned headers; empty:
+    /// derived from `url`.
+    pub state_secret: Secret,
     #[serde(deserialize_with = "de::lenient_string")]
     pub connection_name: String,
     /// Used only with an `amqps://` URL (see `broker::tls`).
@@ -167,6 +175,17 @@ impl BrokerConfig {
         p.check(!self.confirm_timeout.is_zero(), || {
             "broker.confirm_timeout must be positive".into()
         });
+        // RabbitMQ closes a channel whose delivery stays unacked longer than
+        // its consumer_timeout (30 minutes by default).
+        p.check(
+            self.publish_timeout >= self.confirm_timeout
+                && self.publish_timeout <= Duration::from_secs(25 * 60),
+            || "broker.publish_timeout must be at least broker.confirm_timeout and at most 25m (below RabbitMQ's 30-minute consumer_timeout)".into(),
+        );
+        p.check(
+            self.state_secret.is_empty() || self.state_secret.expose().len() >= 32,
+            || "broker.state_secret must be at least 32 characters (or empty)".into(),
+        );
     }
 }
 
@@ -181,6 +200,10 @@ pub struct WorkerConfig {
     pub job_deadline: Duration,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// After `drain_timeout`: how much longer jobs with a vendor call under
+    /// way or an answer in hand get to store or publish it.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
     #[serde(deserialize_with = "de::lenient_string")]
     pub worker_id: String,
 }
@@ -511,6 +534,53 @@ impl DiditConfig {
     }
 }
 
+/// The coordination store shared by the replicas (Redis): claims that make
+/// pay-once hold across the fleet, and fleet heartbeats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// `redis://` or `rediss://` (TLS); empty: no coordination store.
+    pub redis_url: Secret,
+    #[serde(deserialize_with = "de::lenient_string")]
+    pub key_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub claim_lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl CoordinationConfig {
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        if !self.enabled() {
+            return;
+        }
+        let scheme = Url::parse(self.redis_url.expose()).map(|u| u.scheme().to_owned());
+        p.check(matches!(scheme.as_deref(), Ok("redis" | "rediss")), || {
+            "coordination.redis_url must be a redis:// or rediss:// URL (or empty)".into()
+        });
+        p.check(
+            !self.key_prefix.is_empty() && !self.key_prefix.contains(' '),
+            || "coordination.key_prefix must be a non-empty word".into(),
+        );
+        p.check(self.claim_lease >= Duration::from_secs(5), || {
+            "coordination.claim_lease must be at least 5s".into()
+        });
+        p.check(
+            !self.operation_timeout.is_zero() && self.operation_timeout < self.claim_lease / 3,
+            || "coordination.operation_timeout must be positive and under a third of claim_lease (the lease is renewed every third)".into(),
+        );
+        p.check(!self.heartbeat_interval.is_zero(), || {
+            "coordination.heartbeat_interval must be positive".into()
+        });
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -539,6 +609,7 @@ impl Config {
         self.s3.validate(&mut p);
         self.results.validate(&mut p);
         self.providers.validate(&mut p);
+        self.coordination.validate(&mut p);
         let delays = self.broker.retry_delays.len();
         p.check(self.retry.credentials_park_step < delays.max(1), || {
             format!(

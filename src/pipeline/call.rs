@@ -14,6 +14,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What limits a verification's attempts.
+#[derive(Clone, Copy)]
+pub struct Bounds<'a> {
+    /// The job's deadline for this delivery.
+    pub deadline: Instant,
+    /// Attempts made in earlier deliveries (attempts are numbered after them).
+    pub earlier_attempts: u32,
+    /// No attempt starts once this is cancelled.
+    pub stop: &'a CancellationToken,
+}
 
 /// How one vendor attempt is made.
 #[derive(Clone, Copy)]
@@ -55,6 +67,11 @@ impl Vendors {
         }
     }
 
+    /// What this replica sees of each vendor now.
+    pub fn states(&self) -> Vec<crate::coordination::VendorState> {
+        self.gate.states()
+    }
+
     /// The adapter for `name`, if this worker has one configured.
     pub fn get(&self, name: ProviderName) -> Option<&Arc<dyn Provider>> {
         self.providers.get(&name)
@@ -67,19 +84,29 @@ impl Vendors {
         &self,
         provider: &dyn Provider,
         req: &VendorRequest<'_>,
-        deadline: Instant,
-        earlier_attempts: u32,
+        bounds: Bounds<'_>,
         log: &mut Vec<AttemptRecord>,
         call: Call<'_>,
     ) -> Result<Submission, Failed> {
+        let Bounds {
+            deadline,
+            earlier_attempts,
+            stop,
+        } = bounds;
         let name = provider.name();
         let mut delays = self.backoff.delays(deadline);
         loop {
+            if stop.is_cancelled() {
+                return Err(Failed::Abandoned);
+            }
             self.gate.admit(name)?;
-            let attempt = earlier_attempts + log.len() as u32 + 1;
+            let attempt = earlier_attempts
+                .saturating_add(log.len() as u32)
+                .saturating_add(1);
             let remaining = deadline.saturating_duration_since(Instant::now());
             let started_at = now_rfc3339();
             let started = Instant::now();
+            let in_call = self.gate.begin(name);
             let attempt_call = async {
                 match call {
                     Call::Verify => provider.verify(req).await.map(Submission::Answered),
@@ -116,7 +143,13 @@ impl Vendors {
                 worker: self.worker_id.clone(),
             });
             let outage = answer.as_ref().err().is_some_and(VendorError::is_outage);
-            self.gate.record(name, outcome, outage);
+            let refusal = answer
+                .as_ref()
+                .err()
+                .filter(|e| e.kind == ErrorKind::Credentials)
+                .map(|e| e.message.as_str());
+            self.gate.record(name, outcome, outage, took, refusal);
+            drop(in_call);
             self.metrics.vendor_call(name, outcome, took);
             let e = match answer {
                 Ok(a) => return Ok(a),

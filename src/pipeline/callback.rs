@@ -220,6 +220,7 @@ impl Pipeline {
                         &result,
                         pending.back_image_sha256.clone(),
                         pending.attempt_log.clone(),
+                        &tokio_util::sync::CancellationToken::new(),
                     )
                     .await;
                 return done(Disposition::Publish(Box::new(result)));

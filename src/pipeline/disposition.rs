@@ -30,6 +30,10 @@ pub enum Disposition {
     /// The job back from the callback wait was already settled by its
     /// callback: ack, publish nothing.
     Settled { reason: &'static str },
+    /// Stopped before any vendor call (the delivery's connection is gone, or
+    /// the drain ran out of time): publish nothing, do not ack; the broker
+    /// delivers the job again.
+    Abandoned,
 }
 
 impl Disposition {
@@ -44,6 +48,7 @@ impl Disposition {
                 carried.callback_submissions
             ),
             Disposition::Settled { reason } => format!("settled: {reason}"),
+            Disposition::Abandoned => "abandoned before any vendor call".into(),
         }
     }
 }
@@ -80,12 +85,15 @@ impl Finished {
     /// Counts the disposition once its publish was confirmed.
     pub fn record(&self, m: &Metrics) {
         match &self.disposition {
-            Disposition::Publish(r) => m.job_finished(
-                JobOutcome::Result,
-                Some(r.verdict),
-                Some(r.check),
-                Some(r.provider),
-            ),
+            Disposition::Publish(r) => {
+                m.job_finished(
+                    JobOutcome::Result,
+                    Some(r.verdict),
+                    Some(r.check),
+                    Some(r.provider),
+                );
+                m.result_published(r.routing_key());
+            }
             Disposition::DeadLetter(d) => {
                 m.job_finished(JobOutcome::DeadLetter, None, self.check, d.failure.provider);
                 m.dead_letter(d.failure.class, d.failure.provider);
@@ -102,6 +110,7 @@ impl Finished {
             Disposition::Settled { .. } => {
                 m.job_finished(JobOutcome::Settled, None, self.check, None)
             }
+            Disposition::Abandoned => {}
         }
     }
 }

@@ -29,6 +29,10 @@ pub enum Failed {
         vendor: ProviderName,
         reason: String,
     },
+    /// The delivery is lost (its connection went) or the drain ran out of
+    /// time before the vendor was called: stop without paying; the broker
+    /// delivers the job again.
+    Abandoned,
 }
 
 impl Failed {
@@ -48,6 +52,7 @@ impl Failed {
         match self {
             Failed::Permanent { failure, .. } | Failed::Transient(failure) => failure.provider,
             Failed::Park { vendor, .. } => Some(*vendor),
+            Failed::Abandoned => None,
         }
     }
 }

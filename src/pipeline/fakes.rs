@@ -274,3 +274,92 @@ impl Provider for Vendor {
         Ok(assessment(requested, score))
     }
 }
+
+/// Claims in memory, with leases on the test's clock. `down` makes every
+/// operation fail as if Redis were unreachable.
+#[derive(Default)]
+pub struct Claims {
+    held: Mutex<HashMap<JobId, (String, tokio::time::Instant)>>,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl Claims {
+    /// Another owner holds `job_id` for `lease`.
+    pub fn hold(&self, job_id: &JobId, lease: Duration) {
+        self.held.lock().unwrap().insert(
+            job_id.clone(),
+            ("elsewhere".into(), tokio::time::Instant::now() + lease),
+        );
+    }
+
+    pub fn is_held(&self, job_id: &JobId) -> bool {
+        self.held
+            .lock()
+            .unwrap()
+            .get(job_id)
+            .is_some_and(|(_, until)| *until > tokio::time::Instant::now())
+    }
+
+    fn up(&self) -> Result<(), crate::coordination::Unavailable> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(crate::coordination::Unavailable(
+                "connection refused".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl crate::coordination::Claims for Claims {
+    async fn try_claim(
+        &self,
+        job_id: &JobId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<crate::coordination::Claim, crate::coordination::Unavailable> {
+        self.up()?;
+        let now = tokio::time::Instant::now();
+        let mut held = self.held.lock().unwrap();
+        match held.get(job_id) {
+            Some((holder, until)) if *until > now => {
+                Ok(crate::coordination::Claim::HeldBy(holder.clone()))
+            }
+            _ => {
+                held.insert(job_id.clone(), (owner.to_owned(), now + lease));
+                Ok(crate::coordination::Claim::Acquired)
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        job_id: &JobId,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, crate::coordination::Unavailable> {
+        self.up()?;
+        let mut held = self.held.lock().unwrap();
+        match held.get_mut(job_id) {
+            Some((holder, until)) if holder == owner => {
+                *until = tokio::time::Instant::now() + lease;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(
+        &self,
+        job_id: &JobId,
+        owner: &str,
+    ) -> Result<(), crate::coordination::Unavailable> {
+        self.up()?;
+        let mut held = self.held.lock().unwrap();
+        if held.get(job_id).is_some_and(|(holder, _)| holder == owner) {
+            held.remove(job_id);
+        }
+        Ok(())
+    }
+}

@@ -10,10 +10,11 @@
 
 use super::breaker::Breaker;
 use super::failure::Failed;
+use crate::coordination::VendorState;
 use crate::domain::{AttemptOutcome, ProviderName};
 use crate::telemetry::Metrics;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct VendorGate {
@@ -27,6 +28,31 @@ struct Lanes {
     /// Open while the vendor refuses our credentials, letting one job
     /// through per probe interval.
     pause: Breaker,
+    /// What this replica sees of the vendor now, for the fleet heartbeat.
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    in_flight: u32,
+    /// The latest attempt durations, in milliseconds (a bounded window).
+    latencies: VecDeque<f64>,
+    paused_reason: Option<String>,
+}
+
+/// Attempt durations kept per vendor for the latency figures.
+const LATENCY_WINDOW: usize = 256;
+
+/// A vendor call in progress (counted while it lives).
+pub struct InCall<'a> {
+    live: &'a Mutex<Live>,
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        let mut live = self.live.lock().expect("gate state");
+        live.in_flight = live.in_flight.saturating_sub(1);
+    }
 }
 
 impl VendorGate {
@@ -43,6 +69,7 @@ impl VendorGate {
                 let lanes = Lanes {
                     breaker: Breaker::new(breaker_failures, breaker_cooldown),
                     pause: Breaker::new(1, pause_probe_interval),
+                    live: Mutex::default(),
                 };
                 (v, lanes)
             })
@@ -74,10 +101,69 @@ impl VendorGate {
         Ok(())
     }
 
-    /// Records how an attempt ended. `outage`: the vendor looked down (what
-    /// the breaker counts).
-    pub fn record(&self, vendor: ProviderName, outcome: AttemptOutcome, outage: bool) {
+    /// Counts a call to `vendor` in progress until the guard drops.
+    pub fn begin(&self, vendor: ProviderName) -> InCall<'_> {
+        let live = &self.vendors[&vendor].live;
+        live.lock().expect("gate state").in_flight += 1;
+        InCall { live }
+    }
+
+    /// What this replica sees of each vendor now.
+    pub fn states(&self) -> Vec<VendorState> {
+        let mut out: Vec<VendorState> = self
+            .vendors
+            .iter()
+            .map(|(vendor, lanes)| {
+                let live = lanes.live.lock().expect("gate state");
+                let mut sorted: Vec<f64> = live.latencies.iter().copied().collect();
+                sorted.sort_by(f64::total_cmp);
+                let quantile = |q: f64| {
+                    (!sorted.is_empty())
+                        .then(|| sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+                };
+                VendorState {
+                    vendor: vendor.as_str().to_owned(),
+                    in_flight: live.in_flight,
+                    paused: lanes.pause.is_open(),
+                    paused_reason: lanes
+                        .pause
+                        .is_open()
+                        .then(|| live.paused_reason.clone())
+                        .flatten(),
+                    breaker_open: lanes.breaker.is_open(),
+                    latency_ms_p50: quantile(0.5),
+                    latency_ms_p95: quantile(0.95),
+                    limit: None,
+                    budget: None,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.vendor.cmp(&b.vendor));
+        out
+    }
+
+    /// Records how an attempt ended after `took`. `outage`: the vendor
+    /// looked down (what the breaker counts); `refusal`: the vendor's words
+    /// when it refused our credentials.
+    pub fn record(
+        &self,
+        vendor: ProviderName,
+        outcome: AttemptOutcome,
+        outage: bool,
+        took: Duration,
+        refusal: Option<&str>,
+    ) {
         let lanes = &self.vendors[&vendor];
+        {
+            let mut live = lanes.live.lock().expect("gate state");
+            if live.latencies.len() == LATENCY_WINDOW {
+                live.latencies.pop_front();
+            }
+            live.latencies.push_back(took.as_secs_f64() * 1000.0);
+            if let Some(why) = refusal {
+                live.paused_reason = Some(why.to_owned());
+            }
+        }
         self.metrics
             .set_breaker_open(vendor, lanes.breaker.record(outage));
         // A refusal pauses the vendor; an answer that shows the key works

@@ -33,6 +33,8 @@ mod backoff;
 mod breaker;
 pub mod call;
 pub mod callback;
+pub mod claim;
+mod context;
 pub mod disposition;
 mod failure;
 #[cfg(test)]
@@ -48,11 +50,13 @@ pub mod token;
 mod verify;
 
 pub use callback::CallbackSettings;
+pub use context::Signals;
 pub use disposition::{Disposition, Finished};
 pub use failure::now_rfc3339;
 pub use step::Incoming;
 
 use crate::config::Config;
+use crate::coordination::Claims;
 use crate::domain::ProviderName;
 use crate::domain::routing::Routing;
 use crate::providers::Provider;
@@ -86,6 +90,8 @@ pub struct PipelineConfig {
     pub store_timeout: Duration,
     /// Write an audit record of vendor attempts that produced no outcome.
     pub audit: bool,
+    /// How long a claim on a job lasts unless renewed.
+    pub claim_lease: Duration,
 }
 
 impl PipelineConfig {
@@ -108,6 +114,7 @@ impl PipelineConfig {
             worker_id: c.worker_identity(),
             store_timeout: c.results.store_timeout,
             audit: c.results.audit,
+            claim_lease: c.coordination.claim_lease,
         }
     }
 
@@ -126,6 +133,7 @@ pub struct Pipeline {
     fetch: fetch::Fetcher,
     vendors: call::Vendors,
     outcomes: outcome::Outcomes,
+    claims: claim::ClaimStage,
     callbacks: Option<CallbackSettings>,
     metrics: Arc<Metrics>,
 }
@@ -164,6 +172,12 @@ impl Pipeline {
                 cfg.audit,
                 metrics.clone(),
             ),
+            claims: claim::ClaimStage::new(
+                None,
+                cfg.claim_lease,
+                cfg.worker_id.clone(),
+                metrics.clone(),
+            ),
             callbacks: None,
             metrics,
             cfg,
@@ -183,6 +197,23 @@ impl Pipeline {
         self
     }
 
+    /// Adds the coordination store: a job is claimed fleet-wide before its
+    /// lookup and vendor call.
+    pub fn with_claims(mut self, claims: Arc<dyn Claims>) -> Self {
+        self.claims = claim::ClaimStage::new(
+            Some(claims),
+            self.cfg.claim_lease,
+            self.cfg.worker_id.clone(),
+            self.metrics.clone(),
+        );
+        self
+    }
+
+    /// The claim stage (the callback receiver claims a job it settles).
+    pub fn claims(&self) -> &claim::ClaimStage {
+        &self.claims
+    }
+
     /// Turns on Argos callback mode (needs the results store).
     pub fn with_callbacks(mut self, callbacks: CallbackSettings) -> Self {
         self.callbacks = Some(callbacks);
@@ -197,6 +228,11 @@ impl Pipeline {
     /// through it).
     pub fn outcomes(&self) -> &outcome::Outcomes {
         &self.outcomes
+    }
+
+    /// What this replica sees of each vendor now (for the fleet heartbeat).
+    pub fn vendor_states(&self) -> Vec<crate::coordination::VendorState> {
+        self.vendors.states()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -19,6 +19,7 @@ use crate::telemetry::{Metrics, StoreOp};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub struct Outcomes {
     store: Option<Arc<dyn OutcomeStore>>,
@@ -142,6 +143,7 @@ impl Outcomes {
         result: &LivenessResult,
         back_sha256: Option<String>,
         attempts: Vec<AttemptRecord>,
+        hurry: &CancellationToken,
     ) {
         let Some(store) = &self.store else {
             return;
@@ -155,18 +157,25 @@ impl Outcomes {
             result: result.clone(),
             attempts,
         };
-        if !self.persist("outcome", || store.save(&outcome)).await {
-            tracing::error!(location = %store.location(&result.job_id), "Could not store the outcome within results.store_timeout; publishing it unstored, so a redelivery of this job would call the vendor again");
+        if !self
+            .persist("outcome", hurry, || store.save(&outcome))
+            .await
+        {
+            tracing::error!(location = %store.location(&result.job_id), "Could not store the outcome (within results.store_timeout, or before the drain ended); publishing it unstored, so a redelivery of this job would call the vendor again");
         }
     }
 
     /// Records a callback-mode submission; false if the store stayed down
     /// for `results.store_timeout` (or there is no store).
-    pub async fn save_pending(&self, pending: &PendingSubmission) -> bool {
+    pub async fn save_pending(
+        &self,
+        pending: &PendingSubmission,
+        hurry: &CancellationToken,
+    ) -> bool {
         let Some(store) = &self.store else {
             return false;
         };
-        self.persist("pending submission", || store.save_pending(pending))
+        self.persist("pending submission", hurry, || store.save_pending(pending))
             .await
     }
 
@@ -183,8 +192,9 @@ impl Outcomes {
     }
 
     /// Retries a write while the store is down, for up to
-    /// `results.store_timeout`; false if it never succeeded.
-    async fn persist<F, Fut>(&self, what: &str, mut write: F) -> bool
+    /// `results.store_timeout` or until `hurry`; false if it never
+    /// succeeded.
+    async fn persist<F, Fut>(&self, what: &str, hurry: &CancellationToken, mut write: F) -> bool
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), OutcomeError>>,
@@ -196,12 +206,15 @@ impl Outcomes {
                 return true;
             };
             self.metrics.store_error(StoreOp::Save);
-            if Instant::now() + wait >= give_up {
+            if Instant::now() + wait >= give_up || hurry.is_cancelled() {
                 tracing::error!(error = %e, what, "Giving up writing to the results store");
                 return false;
             }
             tracing::warn!(error = %e, what, delay_ms = wait.as_millis() as u64, "Could not write to the results store, retrying");
-            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() / 2.0)) => {}
+                _ = hurry.cancelled() => {}
+            }
             wait = (wait * 2).min(self.backoff.max);
         }
     }

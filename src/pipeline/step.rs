@@ -6,6 +6,7 @@
 //! what happened. The attempts of a delivery that produced no outcome go to
 //! the audit trail.
 
+use super::context::{Signals, StepContext};
 use super::disposition::{Disposition, Finished};
 use super::failure::{Echo, Failed, now_rfc3339};
 use super::verify::{Verified, image_info};
@@ -15,8 +16,6 @@ use crate::domain::carried::Carried;
 use crate::domain::dead_letter::{Failure, FailureClass};
 use crate::domain::job::{InvalidJob, Job, ParsedJob, parse_job};
 use crate::domain::result::Timings;
-use crate::store::PendingSubmission;
-use crate::store::outcomes::PENDING_SCHEMA;
 use tokio::time::Instant;
 
 /// One delivery as the pipeline sees it, its body parsed once.
@@ -28,9 +27,15 @@ pub struct Incoming {
     pub carried: Carried,
     /// The job's AMQP correlation_id (kept for a callback-mode result).
     pub correlation_id: Option<String>,
+    pub signals: Signals,
 }
 
 impl Incoming {
+    /// The job's id, when the body is a valid job.
+    pub fn job_id(&self) -> Option<&crate::domain::job::JobId> {
+        self.parsed.as_ref().ok().map(|p| &p.job.job_id)
+    }
+
     /// The job_id to log: the valid one, or a shortened hint of an invalid
     /// one.
     pub fn job_id_hint(&self) -> Option<&str> {
@@ -62,6 +67,7 @@ impl Pipeline {
             delivery_count,
             carried,
             correlation_id,
+            signals: Signals::default(),
         }
     }
 
@@ -138,8 +144,14 @@ impl Pipeline {
         }
 
         let mut log = Vec::new();
-        let verified = self.verify(job, started, &d.carried, &mut log).await;
-        let attempts = d.carried.attempts + log.len() as u32;
+        let ctx = StepContext {
+            raw,
+            correlation_id: d.correlation_id.clone(),
+            first_received_at: &first_received_at,
+            signals: &d.signals,
+        };
+        let verified = self.verify(job, started, &d.carried, &ctx, &mut log).await;
+        let attempts = d.carried.attempts.saturating_add(log.len() as u32);
         let progress = Carried {
             attempts,
             first_received_at: Some(first_received_at.clone()),
@@ -162,57 +174,16 @@ impl Pipeline {
             }
             Ok(Verified::Submitted {
                 provider,
-                vendor,
                 submission,
-                image,
-                back_sha256,
-                fetch_ms,
+                ..
             }) => {
-                let pending = PendingSubmission {
-                    schema: PENDING_SCHEMA.into(),
-                    job_id: job.job_id.clone(),
-                    job: raw.clone(),
-                    correlation_id: d.correlation_id.clone(),
-                    provider,
-                    submission,
-                    attempts,
-                    ladder_step: d.carried.ladder_step,
-                    first_received_at: first_received_at.clone(),
-                    submitted_at: now_rfc3339(),
-                    image: image_info(&image),
-                    back_image_sha256: back_sha256,
-                    fetch_ms,
-                    vendor,
-                    attempt_log: std::mem::take(&mut log),
-                };
                 let carried = Carried {
                     callback_submissions: submission,
+                    awaiting_callback: true,
                     ..progress
                 };
-                let disposition = if self.outcomes.save_pending(&pending).await {
-                    Disposition::AwaitCallback {
-                        carried: Carried {
-                            awaiting_callback: true,
-                            ..carried
-                        },
-                    }
-                } else {
-                    // Without a pending record no replica can accept the
-                    // callback: climb the ladder and submit again later,
-                    // within the retry budget like any transient failure.
-                    let failure = Failure {
-                        provider: Some(provider),
-                        ..Failure::new(
-                            FailureClass::RetriesExhausted,
-                            format!(
-                                "{provider} accepted the job, but the pending submission could not be recorded in the results store \
-                                 within results.store_timeout, so its callback cannot be accepted"
-                            ),
-                        )
-                    };
-                    self.after_transient(job, raw, failure, carried, &first_received_at)
-                };
-                Finished::new(disposition, Some(job.check)).by(Some(provider))
+                Finished::new(Disposition::AwaitCallback { carried }, Some(job.check))
+                    .by(Some(provider))
             }
             Ok(Verified::Fresh {
                 assessment,
@@ -221,6 +192,7 @@ impl Pipeline {
                 back_sha256,
                 fetch_ms,
                 vendor_ms,
+                claim,
             }) => {
                 let result = self.result(
                     job,
@@ -235,14 +207,22 @@ impl Pipeline {
                     },
                 );
                 self.outcomes
-                    .store(&result, back_sha256, std::mem::take(&mut log))
+                    .store(
+                        &result,
+                        back_sha256,
+                        std::mem::take(&mut log),
+                        &d.signals.hurry,
+                    )
                     .await;
+                // Stored (or given up on): another copy may go on now.
+                drop(claim);
                 Finished::new(Disposition::Publish(Box::new(result)), Some(job.check))
                     .by(Some(provider))
             }
             Err(failed) => {
                 let vendor = failed.vendor();
                 let disposition = match failed {
+                    Failed::Abandoned => Disposition::Abandoned,
                     Failed::Park { reason, .. } => {
                         let (step, carried) =
                             ladder::park(progress, self.cfg.credentials_park_step);

@@ -2,7 +2,9 @@
 //! finds out before its disposition is decided (see [`super::step`]).
 
 use super::Pipeline;
-use super::call::Call;
+use super::call::{Bounds, Call};
+use super::claim::{Held, NotClaimed};
+use super::context::StepContext;
 use super::failure::{Failed, now_rfc3339};
 use crate::domain::ProviderName;
 use crate::domain::assessment::{Assessment, VendorRefs};
@@ -11,8 +13,17 @@ use crate::domain::dead_letter::{Failure, FailureClass};
 use crate::domain::job::Job;
 use crate::domain::result::{ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
 use crate::providers::{Image, Submission, VendorRequest};
-use crate::store::{AttemptRecord, StoredOutcome};
+use crate::store::outcomes::PENDING_SCHEMA;
+use crate::store::{AttemptRecord, PendingSubmission, StoredOutcome};
 use tokio::time::Instant;
+
+/// The claim and the lookup, together.
+enum Claimed {
+    /// No stored outcome: the job is ours to verify (the claim, when there
+    /// is a coordination store).
+    Free(Option<Held>),
+    Stored(Box<StoredOutcome>),
+}
 
 /// What a successful [`Pipeline::verify`] found.
 // Built once per job and consumed at once: boxing `Fresh` would buy nothing.
@@ -26,17 +37,18 @@ pub(super) enum Verified {
         back_sha256: Option<String>,
         fetch_ms: u64,
         vendor_ms: u64,
+        /// Held until the outcome is stored.
+        claim: Option<Held>,
     },
     /// The results store already had this job's outcome for these images.
     Stored(Box<StoredOutcome>),
-    /// Accepted for an asynchronous answer (Argos callback mode).
+    /// Accepted for an asynchronous answer (Argos callback mode); its
+    /// pending record is stored.
     Submitted {
         provider: ProviderName,
-        vendor: VendorRefs,
         submission: u32,
-        image: Image,
-        back_sha256: Option<String>,
-        fetch_ms: u64,
+        /// Released once the disposition is decided (dropped).
+        _claim: Option<Held>,
     },
 }
 
@@ -49,6 +61,7 @@ impl Pipeline {
         job: &Job,
         started: Instant,
         carried: &Carried,
+        ctx: &StepContext<'_>,
         log: &mut Vec<AttemptRecord>,
     ) -> Result<Verified, Failed> {
         let provider_name = self
@@ -84,16 +97,24 @@ impl Pipeline {
             };
             Ok::<_, Failed>((image, back))
         };
-        // The lookup runs while the image downloads: it needs only the job_id.
-        let (fetched, stored) = tokio::join!(fetch, self.outcomes.lookup(&job.job_id, deadline));
+        // The claim and the lookup run while the image downloads: they need
+        // only the job_id.
+        let claimed = self.claim_and_look_up(job, provider_name, deadline);
+        let (fetched, claimed) = tokio::join!(fetch, claimed);
         let (image, back) = fetched?;
         let fetch_ms = fetch_started.elapsed().as_millis() as u64;
         let back_sha256 = back.as_ref().map(|b| b.sha256.clone());
-        if let Some(stored) = stored? {
-            if stored.same_images(&image.sha256, back_sha256.as_deref()) {
-                return Ok(Verified::Stored(Box::new(stored)));
+        let claim = match claimed? {
+            Claimed::Free(claim) => claim,
+            Claimed::Stored(stored) => {
+                return match stored.answers(job, &image.sha256, back_sha256.as_deref()) {
+                    Ok(()) => Ok(Verified::Stored(stored)),
+                    Err(why) => Err(self.conflict(job, &stored, &why)),
+                };
             }
-            return Err(self.conflict(job, &stored, &image, back_sha256.as_deref()));
+        };
+        if ctx.signals.stop.is_cancelled() {
+            return Err(Failed::Abandoned);
         }
 
         let req = VendorRequest {
@@ -104,17 +125,49 @@ impl Pipeline {
             back_image: back.as_ref(),
             metadata: job.metadata.as_deref(),
         };
-        // Argos callback mode: this submission's number and its callback URL.
-        let callback = self
-            .callbacks
-            .as_ref()
-            .filter(|_| provider.has_callback_mode(job.check))
-            .map(|cb| {
-                let submission = carried.callback_submissions + 1;
-                (submission, cb.url(provider_name, &job.job_id, submission))
-            });
-        let call = match &callback {
-            Some((_, url)) => Call::Submit { callback_url: url },
+        // Argos callback mode: this submission's number, its callback URL,
+        // and its pending record, written before the submission so that a
+        // callback can never arrive before it.
+        let submission = match self.callbacks.as_ref() {
+            Some(cb) if provider.has_callback_mode(job.check) => {
+                let n = carried.callback_submissions.saturating_add(1);
+                let pending = PendingSubmission {
+                    schema: PENDING_SCHEMA.into(),
+                    job_id: job.job_id.clone(),
+                    job: ctx.raw.to_owned(),
+                    correlation_id: ctx.correlation_id.clone(),
+                    provider: provider_name,
+                    submission: n,
+                    attempts: carried.attempts.saturating_add(1),
+                    ladder_step: carried.ladder_step,
+                    first_received_at: ctx.first_received_at.to_owned(),
+                    submitted_at: now_rfc3339(),
+                    image: image_info(&image),
+                    back_image_sha256: back_sha256.clone(),
+                    fetch_ms,
+                    vendor: VendorRefs::default(),
+                    attempt_log: Vec::new(),
+                };
+                if !self
+                    .outcomes
+                    .save_pending(&pending, &ctx.signals.hurry)
+                    .await
+                {
+                    return Err(Failed::Transient(Failure {
+                        provider: Some(provider_name),
+                        ..Failure::new(
+                            FailureClass::RetriesExhausted,
+                            "the pending submission could not be recorded in the results store within results.store_timeout, \
+                             so the job was not submitted (its callback could not be accepted)",
+                        )
+                    }));
+                }
+                Some((cb.url(provider_name, &job.job_id, n), pending))
+            }
+            _ => None,
+        };
+        let call = match &submission {
+            Some((url, _)) => Call::Submit { callback_url: url },
             None => Call::Verify,
         };
         let vendor_started = Instant::now();
@@ -123,57 +176,95 @@ impl Pipeline {
             .call(
                 provider.as_ref(),
                 &req,
-                deadline,
-                carried.attempts,
+                Bounds {
+                    deadline,
+                    earlier_attempts: carried.attempts,
+                    stop: &ctx.signals.stop,
+                },
                 log,
                 call,
             )
-            .await?;
+            .await;
         let vendor_ms = vendor_started.elapsed().as_millis() as u64;
-        match answer {
-            Submission::Answered(assessment) => Ok(Verified::Fresh {
-                assessment,
-                provider: provider_name,
-                image,
-                back_sha256,
-                fetch_ms,
-                vendor_ms,
-            }),
-            Submission::Accepted(vendor) => Ok(Verified::Submitted {
-                provider: provider_name,
-                vendor,
-                submission: callback.map_or(1, |(n, _)| n),
-                image,
-                back_sha256,
-                fetch_ms,
-            }),
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                if submission.is_some() {
+                    // Nothing was accepted: no callback will come for it.
+                    self.outcomes.clear_pending(&job.job_id).await;
+                }
+                return Err(e);
+            }
+        };
+        match (answer, submission) {
+            (Submission::Answered(assessment), pending) => {
+                if pending.is_some() {
+                    self.outcomes.clear_pending(&job.job_id).await;
+                }
+                Ok(Verified::Fresh {
+                    assessment,
+                    provider: provider_name,
+                    image,
+                    back_sha256,
+                    fetch_ms,
+                    vendor_ms,
+                    claim,
+                })
+            }
+            (Submission::Accepted(vendor), Some((_, mut pending))) => {
+                // The record now carries the vendor's references and the
+                // attempts as made (best effort: the first write already
+                // lets the callback settle the job).
+                pending.vendor = vendor;
+                pending.attempts = carried.attempts.saturating_add(log.len() as u32);
+                pending.attempt_log = log.clone();
+                pending.submitted_at = now_rfc3339();
+                self.outcomes
+                    .save_pending(&pending, &ctx.signals.hurry)
+                    .await;
+                Ok(Verified::Submitted {
+                    provider: provider_name,
+                    submission: pending.submission,
+                    _claim: claim,
+                })
+            }
+            (Submission::Accepted(_), None) => Err(Failed::transient(format!(
+                "{provider_name} accepted the job for a callback it was not asked for"
+            ))),
         }
     }
 
-    /// The job_id already has an outcome for other images.
-    fn conflict(
+    /// The job's claim, then its stored outcome: taken in this order, a
+    /// copy that finishes between our lookup and our claim cannot be missed.
+    async fn claim_and_look_up(
         &self,
         job: &Job,
-        stored: &StoredOutcome,
-        image: &Image,
-        back_sha256: Option<&str>,
-    ) -> Failed {
-        let back = |b: Option<&str>| b.map_or(String::new(), |b| format!(" (back {b})"));
+        vendor: ProviderName,
+        deadline: Instant,
+    ) -> Result<Claimed, Failed> {
+        let claim = match self.claims.claim(&job.job_id, vendor, deadline).await {
+            Ok(claim) => claim,
+            Err(NotClaimed::Busy(f) | NotClaimed::Unavailable(f)) => return Err(f),
+        };
+        match self.outcomes.lookup(&job.job_id, deadline).await? {
+            // Released at once (dropped): nothing will be paid.
+            Some(stored) => Ok(Claimed::Stored(Box::new(stored))),
+            None => Ok(Claimed::Free(claim)),
+        }
+    }
+
+    /// The job_id already has an outcome for another verification.
+    fn conflict(&self, job: &Job, stored: &StoredOutcome, why: &str) -> Failed {
         let failure = Failure {
             provider: Some(stored.result.provider),
             ..Failure::new(
                 FailureClass::JobIdConflict,
                 format!(
-                    "job_id {} already has a stored outcome ({}, verdict {}) for image sha256 {}{}, \
-                     but this job's image has sha256 {}{}; a job_id names one verification: \
-                     publish this image under a new job_id",
+                    "job_id {} already has a stored outcome ({}, verdict {}) for another verification: {why}; \
+                     a job_id names one verification: publish this job under a new job_id",
                     job.job_id,
                     self.outcomes.location(&job.job_id),
                     stored.result.verdict,
-                    stored.image_sha256,
-                    back(stored.back_image_sha256.as_deref()),
-                    image.sha256,
-                    back(back_sha256),
                 ),
             )
         };

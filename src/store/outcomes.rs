@@ -12,7 +12,7 @@
 //!   on the job asynchronously (Argos callback mode).
 
 use crate::domain::assessment::VendorRefs;
-use crate::domain::job::JobId;
+use crate::domain::job::{Job, JobId};
 use crate::domain::result::LivenessResult;
 use crate::domain::{AttemptOutcome, ProviderName};
 use async_trait::async_trait;
@@ -40,9 +40,41 @@ pub struct StoredOutcome {
 }
 
 impl StoredOutcome {
-    /// Whether this outcome is about exactly these images.
-    pub fn same_images(&self, image_sha256: &str, back_image_sha256: Option<&str>) -> bool {
-        self.image_sha256 == image_sha256 && self.back_image_sha256.as_deref() == back_image_sha256
+    /// Whether this outcome answers `job` with these images: the same
+    /// check, the vendor the job named (if it named one), and the same image
+    /// digests. Otherwise why not, in words for the dead letter.
+    pub fn answers(
+        &self,
+        job: &Job,
+        image_sha256: &str,
+        back_image_sha256: Option<&str>,
+    ) -> Result<(), String> {
+        let back = |b: Option<&str>| b.map_or(String::new(), |b| format!(" (back {b})"));
+        if self.result.check != job.check {
+            return Err(format!(
+                "the stored outcome is a {} check, this job asks for a {} check",
+                self.result.check, job.check
+            ));
+        }
+        if let Some(p) = job.provider
+            && p != self.result.provider
+        {
+            return Err(format!(
+                "the stored outcome is from {}, this job asks for {p}",
+                self.result.provider
+            ));
+        }
+        if self.image_sha256 != image_sha256
+            || self.back_image_sha256.as_deref() != back_image_sha256
+        {
+            return Err(format!(
+                "the stored outcome is for image sha256 {}{}, this job's image has sha256 {image_sha256}{}",
+                self.image_sha256,
+                back(self.back_image_sha256.as_deref()),
+                back(back_image_sha256),
+            ));
+        }
+        Ok(())
     }
 }
 

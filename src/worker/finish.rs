@@ -5,17 +5,20 @@
 //! and the callback receiver both end here.
 
 use super::publisher::{Outgoing, Publisher};
+use crate::broker::headers::StateKey;
 use crate::broker::{Names, PublishError, headers, json_props};
 use crate::pipeline::{Disposition, Finished, Pipeline};
+use crate::telemetry::PublishTarget;
 use lapin::Acker;
 use lapin::BasicProperties;
-use lapin::options::BasicAckOptions;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::sync::Arc;
 
 pub struct Finisher {
     names: Arc<Names>,
     publisher: Arc<Publisher>,
     pipeline: Arc<Pipeline>,
+    state_key: StateKey,
 }
 
 /// The job as it arrived: the body and properties its republished forms
@@ -26,12 +29,23 @@ pub struct JobMessage<'a> {
 }
 
 impl Finisher {
-    pub fn new(names: Arc<Names>, publisher: Arc<Publisher>, pipeline: Arc<Pipeline>) -> Self {
+    pub fn new(
+        names: Arc<Names>,
+        publisher: Arc<Publisher>,
+        pipeline: Arc<Pipeline>,
+        state_key: StateKey,
+    ) -> Self {
         Finisher {
             names,
             publisher,
             pipeline,
+            state_key,
         }
+    }
+
+    /// The key that authenticates the worker-owned headers.
+    pub fn state_key(&self) -> &StateKey {
+        &self.state_key
     }
 
     /// Publishes what `f` says (nothing for a settled job), counts it, acks
@@ -44,7 +58,20 @@ impl Finisher {
         job: JobMessage<'_>,
         acker: Option<&Acker>,
     ) -> Result<(), PublishError> {
-        if let Some(out) = outgoing(&f.disposition, &self.names, job) {
+        if let Disposition::Abandoned = f.disposition {
+            // Nothing was paid: the job goes back as it came.
+            if let Some(a) = acker {
+                let _ = a
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            tracing::info!("Job given back before any vendor call");
+            return Ok(());
+        }
+        if let Some(out) = outgoing(&f.disposition, &self.names, job, &self.state_key) {
             self.publisher.publish(&out).await?;
         }
         f.record(self.pipeline.metrics());
@@ -69,10 +96,16 @@ impl Finisher {
 
 /// A disposition as the message to publish; None for one that publishes
 /// nothing.
-fn outgoing(d: &Disposition, names: &Names, job: JobMessage<'_>) -> Option<Outgoing> {
+fn outgoing(
+    d: &Disposition,
+    names: &Names,
+    job: JobMessage<'_>,
+    key: &StateKey,
+) -> Option<Outgoing> {
     let corr = job.props.correlation_id().as_ref();
     let out = match d {
         Disposition::Publish(r) => Outgoing {
+            target: PublishTarget::Results,
             exchange: names.results_exchange.clone(),
             routing_key: r.routing_key(),
             payload: serde_json::to_vec(r).expect("result serializes"),
@@ -85,6 +118,7 @@ fn outgoing(d: &Disposition, names: &Names, job: JobMessage<'_>) -> Option<Outgo
                 p = p.with_headers(replays);
             }
             Outgoing {
+                target: PublishTarget::Dead,
                 exchange: names.dead_exchange.clone(),
                 routing_key: dl.failure.class.as_str().to_owned(),
                 payload: serde_json::to_vec(dl).expect("dead letter serializes"),
@@ -98,19 +132,21 @@ fn outgoing(d: &Disposition, names: &Names, job: JobMessage<'_>) -> Option<Outgo
         } => {
             tracing::info!(step, reason = %reason, "Parking the job on the delay ladder");
             Outgoing {
+                target: PublishTarget::Retry,
                 exchange: String::new(),
                 routing_key: names.retry_queues[*step].0.clone(),
                 payload: job.body.to_vec(),
-                props: headers::with_progress(job.props, carried),
+                props: headers::with_progress(job.props, carried, key, job.body),
             }
         }
         Disposition::AwaitCallback { carried } => Outgoing {
+            target: PublishTarget::CallbackWait,
             exchange: String::new(),
             routing_key: names.callback_wait_queue.clone(),
             payload: job.body.to_vec(),
-            props: headers::with_progress(job.props, carried),
+            props: headers::with_progress(job.props, carried, key, job.body),
         },
-        Disposition::Settled { .. } => return None,
+        Disposition::Settled { .. } | Disposition::Abandoned => return None,
     };
     Some(out)
 }

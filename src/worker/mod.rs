@@ -8,12 +8,16 @@
 //! - [`receiver`]: the callback receiver (Argos callback mode).
 
 pub mod finish;
+mod fleet;
 pub mod publisher;
 pub mod receiver;
 
+use crate::broker::headers::{Provenance, StateKey};
 use crate::broker::{self, Names, headers};
 use crate::config::Config;
-use crate::pipeline::{CallbackSettings, Finished, Incoming, Pipeline, PipelineConfig};
+use crate::coordination::Coordination;
+use crate::domain::job::JobId;
+use crate::pipeline::{CallbackSettings, Finished, Incoming, Pipeline, PipelineConfig, Signals};
 use crate::providers::Provider;
 use crate::providers::argos::Argos;
 use crate::providers::didit::Didit;
@@ -29,6 +33,7 @@ use lapin::types::FieldTable;
 use publisher::Publisher;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -99,12 +104,31 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
             "results.bucket is empty: no results store, so a redelivered or replayed job is paid for again"
         ),
     }
+    match coordination(cfg)? {
+        Some(c) => {
+            if let Err(e) = c.ping().await {
+                tracing::warn!(error = %e, "The coordination store does not answer now; jobs wait for it");
+            }
+            pipeline = pipeline.with_claims(Arc::new(c));
+        }
+        None => tracing::warn!(
+            "coordination.redis_url is empty: no coordination store, so two live copies of one job (a producer's duplicate publish, a redelivery while the first copy still runs) may both be paid for"
+        ),
+    }
     Ok(Arc::new(pipeline))
+}
+
+/// The coordination store, when one is configured.
+fn coordination(cfg: &Config) -> anyhow::Result<Option<Coordination>> {
+    cfg.coordination
+        .enabled()
+        .then(|| Coordination::connect(&cfg.coordination, &cfg.broker.prefix))
+        .transpose()
 }
 
 /// Runs until `shutdown` is cancelled, then drains and returns Ok.
 /// Returns an error only for what a restart cannot fix by waiting
-/// (a topology conflict).
+/// (a topology conflict, a certificate the first connection refuses).
 pub async fn run(
     cfg: Config,
     pipeline: Arc<Pipeline>,
@@ -112,26 +136,54 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let names = Arc::new(Names::new(&cfg.broker));
-    let publisher = Arc::new(Publisher::new(&cfg.broker));
+    let publisher = Arc::new(Publisher::new(&cfg.broker, telemetry.clone()));
     let finisher = Arc::new(Finisher::new(
         names.clone(),
         publisher.clone(),
         pipeline.clone(),
+        StateKey::from_config(&cfg.broker),
     ));
+    if cfg.broker.state_secret.is_empty() {
+        tracing::info!(
+            "broker.state_secret is empty: the worker-owned headers are authenticated with a key derived from broker.url"
+        );
+    }
+    let coordination = coordination(&cfg)?;
     // Argos callback mode: this replica receives callbacks for any job,
     // until run returns.
-    let receiver_stop = CancellationToken::new();
-    let _stop_receiver = receiver_stop.clone().drop_guard();
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
     if pipeline.callbacks().is_some() {
         let receiver = Arc::new(receiver::Receiver::new(pipeline.clone(), finisher.clone()));
-        receiver::serve(cfg.providers.argos.callback_listen, receiver, receiver_stop).await?;
+        receiver::serve(
+            cfg.providers.argos.callback_listen,
+            receiver,
+            background.clone(),
+        )
+        .await?;
     }
-    let consumer = Consumer {
+    if let Some(c) = &coordination {
+        tokio::spawn(fleet::beat(
+            c.clone(),
+            pipeline.clone(),
+            telemetry.clone(),
+            cfg.worker_identity(),
+            u32::from(cfg.worker.concurrency),
+            cfg.coordination.heartbeat_interval,
+            background.clone(),
+        ));
+    }
+    let mut consumer = Consumer {
         cfg: &cfg,
         pipeline: &pipeline,
         names: &names,
         finisher: &finisher,
         telemetry: &telemetry,
+        slots: Arc::new(Semaphore::new(cfg.worker.concurrency.into())),
+        requeues: Arc::new(Requeues::new(coordination)),
+        jobs: JoinSet::new(),
+        drain_stop: CancellationToken::new(),
+        hurry: CancellationToken::new(),
     };
     let mut reconnect_delay = Duration::from_millis(200);
     let mut connected_once = false;
@@ -141,11 +193,12 @@ pub async fn run(
         }
         let result = consumer.session(&shutdown).await;
         telemetry.health.set_consuming(false);
+        telemetry.metrics.set_consuming(false);
         match result {
             Ok(SessionEnd::Shutdown) => break Ok(()),
             Ok(SessionEnd::Lost(why)) => {
                 connected_once = true;
-                tracing::warn!(reason = %why, "Broker connection lost, reconnecting");
+                tracing::warn!(reason = %why, in_flight = consumer.jobs.len(), "Broker connection lost, reconnecting; jobs in flight keep their vendor answers and go back to the queue");
                 reconnect_delay = Duration::from_millis(200);
             }
             Err(SessionError::Fatal(e)) => break Err(e),
@@ -166,6 +219,8 @@ pub async fn run(
         }
         reconnect_delay = (reconnect_delay * 2).min(Duration::from_secs(30));
     };
+    // Jobs of lost sessions may still be storing their answers.
+    consumer.drain(None).await;
     publisher.close().await;
     ended
 }
@@ -180,18 +235,31 @@ enum SessionError {
     Retry(anyhow::Error),
 }
 
-/// What every session shares.
+/// The consume loop's state across sessions: the jobs in flight belong to
+/// the worker, not to the connection that delivered them, so a lost
+/// connection neither orphans them nor lets the next session exceed the
+/// concurrency.
 struct Consumer<'a> {
     cfg: &'a Config,
     pipeline: &'a Arc<Pipeline>,
     names: &'a Arc<Names>,
     finisher: &'a Arc<Finisher>,
     telemetry: &'a Telemetry,
+    /// `worker.concurrency` permits, one per job being processed.
+    slots: Arc<Semaphore>,
+    requeues: Arc<Requeues>,
+    jobs: JoinSet<()>,
+    /// Cancelled when the drain has waited `drain_timeout`: jobs that have
+    /// not paid yet stop.
+    drain_stop: CancellationToken,
+    /// Cancelled at the same time: answers in hand stop waiting for the
+    /// results store.
+    hurry: CancellationToken,
 }
 
 impl Consumer<'_> {
     /// One connection's life: declare, consume, and end on shutdown or loss.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
         let cfg = self.cfg;
         let retry = |e: lapin::Error| SessionError::Retry(e.into());
         let conn = broker::connect(&cfg.broker)
@@ -232,19 +300,28 @@ impl Consumer<'_> {
             .map_err(retry)?;
         tracing::info!(queue = %self.names.jobs_queue, concurrency = cfg.worker.concurrency, "Consuming jobs");
         self.telemetry.health.set_consuming(true);
+        self.telemetry.metrics.set_consuming(true);
 
-        let mut in_flight = JoinSet::new();
+        // This session's deliveries stop before paying once it is lost (or
+        // the drain runs out of time).
+        let lost = self.drain_stop.child_token();
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(_) = self.jobs.join_next(), if !self.jobs.is_empty() => {}
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let job = Job {
                             pipeline: self.pipeline.clone(),
                             finisher: self.finisher.clone(),
+                            slots: self.slots.clone(),
+                            requeues: self.requeues.clone(),
+                            signals: Signals {
+                                stop: lost.clone(),
+                                hurry: self.hurry.clone(),
+                            },
                         };
-                        in_flight.spawn(job.handle(delivery));
+                        self.jobs.spawn(job.handle(delivery));
                     }
                     Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
                     None => break SessionEnd::Lost("the consumer was cancelled by the broker".into()),
@@ -252,38 +329,68 @@ impl Consumer<'_> {
             }
         };
 
-        if matches!(end, SessionEnd::Shutdown) {
-            // Not ready from here on, so orchestrators stop routing to us first.
-            self.telemetry.health.set_draining(true);
-            // Stop new deliveries, let in-flight jobs finish within the drain
-            // timeout; whatever is still unacked goes back to the queue when
-            // the channel closes.
-            let _ = consume_ch
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-            let n = in_flight.len();
-            tracing::info!(
-                in_flight = n,
-                timeout_ms = cfg.worker.drain_timeout.as_millis() as u64,
-                "Draining"
-            );
-            let drained = tokio::time::timeout(cfg.worker.drain_timeout, async {
-                while in_flight.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
-                tracing::warn!(
-                    left = in_flight.len(),
-                    "Drain timeout reached; unfinished jobs return to the queue"
-                );
-                in_flight.abort_all();
+        match end {
+            SessionEnd::Shutdown => {
+                // Not ready from here on, so orchestrators stop routing to us first.
+                self.telemetry.health.set_draining(true);
+                // Stop new deliveries; in-flight jobs finish on this channel,
+                // whatever is still unacked goes back when it closes.
+                let _ = consume_ch
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
+                self.drain(Some(cfg.worker.drain_timeout)).await;
             }
-        } else {
-            in_flight.abort_all();
+            SessionEnd::Lost(_) => lost.cancel(),
         }
         let _ = consume_ch.close(200, "bye".into()).await;
         let _ = conn.close(200, "bye".into()).await;
         Ok(end)
+    }
+
+    /// Waits for the jobs in flight: all of them for `patience` (when
+    /// given); then the ones that have not paid yet go back to the queue,
+    /// and the ones with a vendor call under way or an answer in hand get
+    /// `worker.drain_grace` to store or publish it. Whatever is left then is
+    /// aborted (its delivery goes back to the queue).
+    async fn drain(&mut self, patience: Option<Duration>) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        if let Some(patience) = patience {
+            tracing::info!(
+                in_flight = self.jobs.len(),
+                timeout_ms = patience.as_millis() as u64,
+                "Draining"
+            );
+            if self.wait_jobs(patience).await {
+                return;
+            }
+        }
+        self.drain_stop.cancel();
+        self.hurry.cancel();
+        let grace = self.cfg.worker.drain_grace;
+        tracing::info!(
+            in_flight = self.jobs.len(),
+            grace_ms = grace.as_millis() as u64,
+            "Jobs that have not called their vendor go back to the queue; answers under way get the drain grace"
+        );
+        if !self.wait_jobs(grace).await {
+            tracing::warn!(
+                left = self.jobs.len(),
+                "Drain grace over; the unfinished jobs return to the queue"
+            );
+            self.jobs.abort_all();
+            while self.jobs.join_next().await.is_some() {}
+        }
+    }
+
+    /// True if every job finished within `limit`.
+    async fn wait_jobs(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            while self.jobs.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
     }
 }
 
@@ -291,11 +398,13 @@ impl Consumer<'_> {
 struct Job {
     pipeline: Arc<Pipeline>,
     finisher: Arc<Finisher>,
+    slots: Arc<Semaphore>,
+    requeues: Arc<Requeues>,
+    signals: Signals,
 }
 
 impl Job {
     async fn handle(self, delivery: lapin::message::Delivery) {
-        let _in_flight = self.pipeline.metrics().in_flight();
         let lapin::message::Delivery {
             data,
             properties,
@@ -303,30 +412,62 @@ impl Job {
             redelivered,
             ..
         } = delivery;
-        // A first delivery has no history, whatever x-delivery-count a
-        // producer may have put in its headers.
-        let delivery_count = if redelivered {
-            headers::delivery_count(&properties)
-        } else {
-            0
+        // A job starts only with a free slot, so the concurrency holds
+        // across reconnects: a new session's deliveries wait here for the
+        // jobs of a lost one.
+        let slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = self.signals.stop.cancelled() => {
+                let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                return;
+            }
         };
+        let metrics = self.pipeline.metrics().clone();
+        let _in_flight = metrics.in_flight();
+        if let Some(sent) = properties.timestamp() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            metrics.queue_wait(Duration::from_secs(now.saturating_sub(*sent)));
+        }
         let body = Bytes::from(data);
-        let incoming = Arc::new(self.pipeline.parse(
+        let (carried, provenance) = headers::carried(&properties, self.finisher.state_key(), &body);
+        let mut incoming = self.pipeline.parse(
             &body,
-            delivery_count,
-            headers::carried(&properties),
+            0,
+            carried,
             properties.correlation_id().as_ref().map(|c| c.to_string()),
-        ));
+        );
+        incoming.signals = self.signals.clone();
         let span = tracing::info_span!("job", job_id = %incoming.job_id_hint().unwrap_or(""));
         async move {
+            if provenance == Provenance::Refused {
+                tracing::warn!("The job carries x-liveness-* progress headers the worker did not write (or for another body); they are ignored and it runs as a fresh job");
+            }
+            // A first delivery has no history, whatever x-delivery-count a
+            // producer may have put in its headers; requeues the worker
+            // caused itself (an outcome it could not publish) do not count.
+            incoming.delivery_count = if redelivered {
+                let own = match incoming.job_id() {
+                    Some(id) => self.requeues.get(id).await,
+                    None => 0,
+                };
+                headers::delivery_count(&properties).saturating_sub(own)
+            } else {
+                0
+            };
+            let incoming = Arc::new(incoming);
             let finished = self.step_catching_panics(incoming.clone()).await;
             let job = JobMessage {
                 body: &body,
                 props: &properties,
             };
             if let Err(e) = self.finisher.finish(&finished, job, Some(&acker)).await {
-                self.pipeline.metrics().publish_failed();
-                tracing::warn!(error = %e, outcome = %finished.disposition.label(), "Could not publish the outcome; returning the job to the queue");
+                metrics.publish_failed();
+                tracing::warn!(error = %e, outcome = %finished.disposition.label(), "Could not publish the outcome within broker.publish_timeout; returning the job to the queue");
+                if let Some(id) = incoming.job_id() {
+                    self.requeues.count(id).await;
+                }
                 let _ = acker
                     .nack(BasicNackOptions {
                         requeue: true,
@@ -334,13 +475,15 @@ impl Job {
                     })
                     .await;
             }
+            drop(slot);
         }
         .instrument(span)
         .await
     }
 
     /// Runs the step in its own task so a panic becomes an `internal` dead
-    /// letter instead of taking the worker down.
+    /// letter instead of taking the worker down. The task ends with the
+    /// handler (it is aborted with it), so no job outlives its handler.
     async fn step_catching_panics(&self, incoming: Arc<Incoming>) -> Finished {
         let pipeline = self.pipeline.clone();
         let job = incoming.clone();
@@ -348,6 +491,8 @@ impl Job {
         let task = tokio::spawn(
             async move { pipeline.step(&job).await }.instrument(tracing::Span::current()),
         );
+        let abort = task.abort_handle();
+        let _abort_with_handler = AbortOnDrop(abort);
         match task.await {
             Ok(f) => f,
             Err(e) => {
@@ -366,5 +511,67 @@ impl Job {
                 ))
             }
         }
+    }
+}
+
+/// Aborts the step's task when its handler goes (an aborted drain).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Requeues the worker caused itself (an outcome it could not publish), so
+/// they do not push a healthy job toward the poison threshold: remembered
+/// in the coordination store when there is one (any replica may get the
+/// job back), and in this replica in any case.
+struct Requeues {
+    coordination: Option<Coordination>,
+    local: std::sync::Mutex<std::collections::HashMap<JobId, u32>>,
+}
+
+/// Jobs remembered locally at most (each a few dozen bytes).
+const REQUEUES_REMEMBERED: usize = 10_000;
+/// How long the coordination store remembers them.
+const REQUEUES_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl Requeues {
+    fn new(coordination: Option<Coordination>) -> Self {
+        Requeues {
+            coordination,
+            local: Default::default(),
+        }
+    }
+
+    async fn count(&self, job_id: &JobId) {
+        {
+            let mut local = self.local.lock().expect("requeues");
+            if local.len() >= REQUEUES_REMEMBERED {
+                local.clear();
+            }
+            *local.entry(job_id.clone()).or_default() += 1;
+        }
+        if let Some(c) = &self.coordination
+            && let Err(e) = c.count_requeue(job_id, REQUEUES_TTL).await
+        {
+            tracing::warn!(error = %e, "Could not record the requeue in the coordination store");
+        }
+    }
+
+    async fn get(&self, job_id: &JobId) -> u32 {
+        let local = self
+            .local
+            .lock()
+            .expect("requeues")
+            .get(job_id)
+            .copied()
+            .unwrap_or(0);
+        let shared = match &self.coordination {
+            Some(c) => c.requeues(job_id).await.unwrap_or(0),
+            None => 0,
+        };
+        local.max(shared)
     }
 }

@@ -2,14 +2,23 @@
 //! channel, opened when first needed and again after a failure. Jobs
 //! publish concurrently on the one channel; the lock is held only to
 //! (re)connect, never across a confirm.
+//!
+//! Every publish is mandatory: a message no queue would receive comes back
+//! and is a failure, never a silent loss. A failed publish is retried with
+//! backoff for `broker.publish_timeout`, reconnecting when the channel is
+//! gone; the caller keeps the job's delivery meanwhile.
 
 use crate::broker::{self, PublishError};
 use crate::config::BrokerConfig;
+use crate::telemetry::{PublishTarget, Telemetry};
 use lapin::{BasicProperties, Channel, Connection};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// One message to publish.
 pub struct Outgoing {
+    pub target: PublishTarget,
     pub exchange: String,
     pub routing_key: String,
     pub payload: Vec<u8>,
@@ -19,6 +28,10 @@ pub struct Outgoing {
 pub struct Publisher {
     cfg: BrokerConfig,
     link: tokio::sync::Mutex<Link>,
+    telemetry: Telemetry,
+    /// Per target: whether its last publish came back unroutable (so the
+    /// condition is logged once, when it starts and when it ends).
+    unroutable: [AtomicBool; 4],
 }
 
 #[derive(Default)]
@@ -32,15 +45,39 @@ struct Link {
 
 /// How long connecting may take before the publish counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Publishes per message before giving up: a nack or a missing confirm is
-/// retried after a short pause, a broken channel after reconnecting.
-const TRIES: u32 = 3;
+/// The longest pause between two tries of one publish.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Publisher {
-    pub fn new(cfg: &BrokerConfig) -> Self {
+    pub fn new(cfg: &BrokerConfig, telemetry: Telemetry) -> Self {
         Publisher {
             cfg: cfg.clone(),
             link: tokio::sync::Mutex::new(Link::default()),
+            telemetry,
+            unroutable: Default::default(),
+        }
+    }
+
+    /// Records whether a publish to `out`'s target was routable; logs and
+    /// flags a change.
+    fn routable(&self, out: &Outgoing, routable: bool) {
+        let target = out.target;
+        let was = self.unroutable[target as usize].swap(!routable, Ordering::SeqCst);
+        self.telemetry.metrics.set_unroutable(target, !routable);
+        if target == PublishTarget::Results {
+            self.telemetry.health.set_results_unroutable(!routable);
+        }
+        match (was, routable) {
+            (false, false) => tracing::error!(
+                exchange = %out.exchange,
+                routing_key = %out.routing_key,
+                target = target.as_str(),
+                "The broker returned a publish as unroutable: no queue is bound for it. Jobs are held and retried, not acked, until one is"
+            ),
+            (true, true) => {
+                tracing::info!(target = target.as_str(), "Publishes are routable again")
+            }
+            _ => {}
         }
     }
 
@@ -82,9 +119,12 @@ impl Publisher {
         }
     }
 
-    /// Publishes `out` and waits for the broker's confirm.
+    /// Publishes `out` and waits for the broker's confirm, retrying a
+    /// failure with backoff for `broker.publish_timeout`.
     pub async fn publish(&self, out: &Outgoing) -> Result<(), PublishError> {
-        let mut tries = 0;
+        let give_up = Instant::now() + self.cfg.publish_timeout;
+        let mut wait = Duration::from_millis(200);
+        let mut tries = 0u32;
         loop {
             tries += 1;
             let result = match self.channel().await {
@@ -95,7 +135,7 @@ impl Publisher {
                         &out.routing_key,
                         &out.payload,
                         out.props.clone(),
-                        false,
+                        true,
                         self.cfg.confirm_timeout,
                     )
                     .await;
@@ -106,14 +146,20 @@ impl Publisher {
                 }
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if tries >= TRIES => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, tries, "Publish not confirmed, retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
-                }
+            match &result {
+                Ok(()) => self.routable(out, true),
+                Err(PublishError::Unroutable) => self.routable(out, false),
+                Err(_) => {}
             }
+            let Err(e) = result else {
+                return Ok(());
+            };
+            if Instant::now() + wait >= give_up {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, tries, delay_ms = wait.as_millis() as u64, "Publish not confirmed, retrying");
+            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+            wait = (wait * 2).min(MAX_BACKOFF);
         }
     }
 

@@ -19,8 +19,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+
+/// How long a callback waits for another copy of itself to be settled
+/// before asking the vendor to post again.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Seconds the vendor is asked to wait before posting a callback again.
+const RETRY_AFTER_SECS: &str = "30";
+
+fn retry_later() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS)],
+        "try again later",
+    )
+        .into_response()
+}
 
 /// Largest callback body accepted (a success callback is a few hundred bytes).
 const MAX_CALLBACK_BYTES: usize = 64 * 1024;
@@ -114,10 +131,10 @@ async fn callback(
         }
     };
     let span = tracing::info_span!("job", job_id = %job_id);
-    settle(&r, &job_id, &body).instrument(span).await
+    settle(&r, vendor, &job_id, &body).instrument(span).await
 }
 
-async fn settle(r: &Receiver, job_id: &JobId, body: &[u8]) -> Response {
+async fn settle(r: &Receiver, vendor: ProviderName, job_id: &JobId, body: &[u8]) -> Response {
     let metrics = r.pipeline.metrics();
     let unavailable = |what: &str, e: &dyn std::fmt::Display| {
         metrics.callback(CallbackOutcome::Failed);
@@ -127,6 +144,19 @@ async fn settle(r: &Receiver, job_id: &JobId, body: &[u8]) -> Response {
     if !r.pipeline.outcomes().enabled() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
+    // Two copies of one callback (on two replicas) settle the job once.
+    let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+    let _claim = match r.pipeline.claims().claim(job_id, vendor, deadline).await {
+        Ok(claim) => claim,
+        // Another copy is settling it, or the store cannot say: post again.
+        Err(_) => {
+            metrics.callback(CallbackOutcome::Failed);
+            tracing::info!(
+                "Another copy of this callback is being settled; asking the vendor to post again"
+            );
+            return retry_later();
+        }
+    };
     let (stored, pending) = match r.pipeline.outcomes().load_both(job_id).await {
         Ok(both) => both,
         Err(e) => return unavailable("Cannot read the results store", &e),
@@ -139,11 +169,15 @@ async fn settle(r: &Receiver, job_id: &JobId, body: &[u8]) -> Response {
         return (StatusCode::OK, "already settled").into_response();
     }
     let Some(pending) = pending else {
+        // The token is ours and fresh, yet nothing waits for it: the job was
+        // given up (dead-lettered) or its record is not visible yet. A 503
+        // asks the vendor to post again later, which costs nothing and
+        // loses nothing; a 2xx would throw a paid answer away.
         metrics.callback(CallbackOutcome::Unknown);
-        tracing::info!(
-            "Callback for a job with no pending submission (settled or dead-lettered already); nothing published"
+        tracing::warn!(
+            "Callback for a job with no pending submission and no outcome; asking the vendor to post it again"
         );
-        return (StatusCode::OK, "nothing pending").into_response();
+        return retry_later();
     };
     let finished = r.pipeline.settle_callback(&pending, body).await;
     let mut props = json_props(Some(job_id.as_str()), None);

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["domain"],
     &["config"],
     &["telemetry"],
-    &["store", "providers", "broker", "samples"],
+    &["store", "providers", "broker", "coordination", "samples"],
     &["pipeline", "emulator", "schema"],
     &["worker"],
     &["ops"],

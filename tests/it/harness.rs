@@ -41,6 +41,7 @@ url = "{url}"
 prefix = "{prefix}"
 retry_delays = ["300ms", "300ms"]
 confirm_timeout = "5s"
+publish_timeout = "6s"
 [worker]
 concurrency = 16
 allowed_buckets = ["{bucket}"]
@@ -79,6 +80,8 @@ results_timeout = "10s"
 base_url = "{argos_url}"
 api_key = "{argos_key}"
 timeout = "10s"
+[coordination]
+redis_url = "{redis}"
 [telemetry]
 log_format = "text"
 log_level = "warn"
@@ -90,6 +93,7 @@ log_level = "warn"
         region = env("LIVENESS_S3__REGION"),
         ak = env("LIVENESS_S3__ACCESS_KEY_ID"),
         sk = env("LIVENESS_S3__SECRET_ACCESS_KEY"),
+        redis = env("LIVENESS_TEST_REDIS_URL"),
     )
 }
 

@@ -70,3 +70,41 @@ async fn a_callback_that_never_comes_is_submitted_again_then_dead_lettered() {
     assert_eq!(f.clear_pending, Some(id("j1")));
     assert_eq!(t.vendor.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_pending_record_is_written_before_the_submission() {
+    let mut vendor = Vendor::new(ProviderName::Argos);
+    vendor.callback_mode = true;
+    let t = T::with(config(), vendor, Some(callback_settings()));
+    t.vendor.then(Answer::Accepted);
+    let watch = async {
+        while t.vendor.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The vendor is working on it (100 ms latency): the record is there.
+        t.outcomes.pending.lock().unwrap().get(&id("j1")).cloned()
+    };
+    let body = job("j1");
+    let (f, pending) = tokio::join!(t.step(&body), watch);
+    assert!(matches!(f.disposition, Disposition::AwaitCallback { .. }));
+    let pending = pending.expect("written before the call");
+    assert_eq!(pending.submission, 1);
+    let after = t.outcomes.pending.lock().unwrap()[&id("j1")].clone();
+    assert_eq!(
+        after.vendor.transaction_id.as_deref(),
+        Some("txn-1"),
+        "completed after"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_submission_leaves_no_pending_record() {
+    let mut vendor = Vendor::new(ProviderName::Argos);
+    vendor.callback_mode = true;
+    let t = T::with(config(), vendor, Some(callback_settings()));
+    t.vendor.then(Answer::Error(VendorError::rejected(
+        "argos answered error 1008",
+    )));
+    dead(&t.step(&job("j1")).await);
+    assert!(t.outcomes.pending.lock().unwrap().is_empty());
+}

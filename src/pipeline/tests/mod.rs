@@ -3,8 +3,9 @@
 //! and the job deadline pass in virtual time, so nothing here sleeps.
 
 mod callback;
+mod claims;
 
-use super::fakes::{Answer, Images, Outcomes, Vendor};
+use super::fakes::{Answer, Claims, Images, Outcomes, Vendor};
 use super::*;
 use crate::domain::carried::Carried;
 use crate::domain::dead_letter::FailureClass;
@@ -40,12 +41,14 @@ fn config() -> PipelineConfig {
         worker_id: "test:1".into(),
         store_timeout: Duration::from_secs(10),
         audit: true,
+        claim_lease: Duration::from_secs(30),
     }
 }
 
 struct T {
     images: Arc<Images>,
     outcomes: Arc<Outcomes>,
+    claims: Arc<Claims>,
     vendor: Arc<Vendor>,
     pipeline: Pipeline,
 }
@@ -59,6 +62,7 @@ impl T {
         let images = Arc::new(Images::default());
         images.put(IMAGE, samples::png(1, 2000, None));
         let outcomes = Arc::new(Outcomes::default());
+        let claims = Arc::new(Claims::default());
         let vendor = Arc::new(vendor);
         let mut pipeline = Pipeline::new(
             cfg,
@@ -66,13 +70,15 @@ impl T {
             vec![vendor.clone()],
             Arc::new(Metrics::new()),
         )
-        .with_outcomes(outcomes.clone());
+        .with_outcomes(outcomes.clone())
+        .with_claims(claims.clone());
         if let Some(cb) = callbacks {
             pipeline = pipeline.with_callbacks(cb);
         }
         T {
             images,
             outcomes,
+            claims,
             vendor,
             pipeline,
         }
