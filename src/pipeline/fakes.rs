@@ -77,6 +77,8 @@ pub struct Outcomes {
     pub audit: Mutex<Vec<AttemptLog>>,
     pub corrupt: Mutex<Option<JobId>>,
     pub down: std::sync::atomic::AtomicBool,
+    /// Outcome writes are conditional (only if absent), as on AWS S3.
+    pub conditional: std::sync::atomic::AtomicBool,
 }
 
 impl Outcomes {
@@ -105,10 +107,11 @@ impl OutcomeStore for Outcomes {
 
     async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError> {
         self.up()?;
-        self.outcomes
-            .lock()
-            .unwrap()
-            .insert(outcome.job_id.clone(), outcome.clone());
+        let mut outcomes = self.outcomes.lock().unwrap();
+        if self.conditional.load(Ordering::SeqCst) && outcomes.contains_key(&outcome.job_id) {
+            return Err(OutcomeError::AlreadyStored("exists".into()));
+        }
+        outcomes.insert(outcome.job_id.clone(), outcome.clone());
         Ok(())
     }
 

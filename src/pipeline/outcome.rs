@@ -21,6 +21,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How a write to the store ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persisted {
+    Written,
+    /// A conditional write found a record there already.
+    Exists,
+    /// The store stayed down (or the drain ran out of time).
+    GaveUp,
+}
+
 pub struct Outcomes {
     store: Option<Arc<dyn OutcomeStore>>,
     backoff: Backoff,
@@ -83,7 +93,7 @@ impl Outcomes {
                         ),
                     ));
                 }
-                Err(OutcomeError::Unavailable(m)) => {
+                Err(OutcomeError::Unavailable(m) | OutcomeError::AlreadyStored(m)) => {
                     self.metrics.store_error(StoreOp::Load);
                     match delays.next() {
                         Some(d) if Instant::now() + d < deadline => {
@@ -138,15 +148,20 @@ impl Outcomes {
     /// unstored (logged as an error): losing an answer the vendor already
     /// billed for is worse than the small risk of a second payment should
     /// this very job be delivered again.
+    ///
+    /// Outcomes are written conditionally (only if absent). Where the store
+    /// honours that and another copy of the job stored first, that copy's
+    /// result is returned: the one to publish, so every copy publishes the
+    /// same verdict.
     pub async fn store(
         &self,
         result: &LivenessResult,
         back_sha256: Option<String>,
         attempts: Vec<AttemptRecord>,
         hurry: &CancellationToken,
-    ) {
+    ) -> Option<LivenessResult> {
         let Some(store) = &self.store else {
-            return;
+            return None;
         };
         let outcome = StoredOutcome {
             schema: OUTCOME_SCHEMA.into(),
@@ -157,11 +172,24 @@ impl Outcomes {
             result: result.clone(),
             attempts,
         };
-        if !self
+        match self
             .persist("outcome", hurry, || store.save(&outcome))
             .await
         {
-            tracing::error!(location = %store.location(&result.job_id), "Could not store the outcome (within results.store_timeout, or before the drain ended); publishing it unstored, so a redelivery of this job would call the vendor again");
+            Persisted::Written => None,
+            Persisted::Exists => match store.load(&result.job_id).await {
+                Ok(Some(first)) => {
+                    tracing::warn!(
+                        "Another copy of this job stored its outcome first; publishing that one"
+                    );
+                    Some(first.result)
+                }
+                _ => None,
+            },
+            Persisted::GaveUp => {
+                tracing::error!(location = %store.location(&result.job_id), "Could not store the outcome (within results.store_timeout, or before the drain ended); publishing it unstored, so a redelivery of this job would call the vendor again");
+                None
+            }
         }
     }
 
@@ -177,6 +205,7 @@ impl Outcomes {
         };
         self.persist("pending submission", hurry, || store.save_pending(pending))
             .await
+            != Persisted::GaveUp
     }
 
     /// Removes a job's pending record once its outcome is published (best
@@ -194,7 +223,12 @@ impl Outcomes {
     /// Retries a write while the store is down, for up to
     /// `results.store_timeout` or until `hurry`; false if it never
     /// succeeded.
-    async fn persist<F, Fut>(&self, what: &str, hurry: &CancellationToken, mut write: F) -> bool
+    async fn persist<F, Fut>(
+        &self,
+        what: &str,
+        hurry: &CancellationToken,
+        mut write: F,
+    ) -> Persisted
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), OutcomeError>>,
@@ -202,13 +236,15 @@ impl Outcomes {
         let give_up = Instant::now() + self.store_timeout;
         let mut wait = self.backoff.initial;
         loop {
-            let Err(e) = write().await else {
-                return true;
+            let e = match write().await {
+                Ok(()) => return Persisted::Written,
+                Err(OutcomeError::AlreadyStored(_)) => return Persisted::Exists,
+                Err(e) => e,
             };
             self.metrics.store_error(StoreOp::Save);
             if Instant::now() + wait >= give_up || hurry.is_cancelled() {
                 tracing::error!(error = %e, what, "Giving up writing to the results store");
-                return false;
+                return Persisted::GaveUp;
             }
             tracing::warn!(error = %e, what, delay_ms = wait.as_millis() as u64, "Could not write to the results store, retrying");
             tokio::select! {

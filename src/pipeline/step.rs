@@ -206,7 +206,8 @@ impl Pipeline {
                         total: started.elapsed().as_millis() as u64,
                     },
                 );
-                self.outcomes
+                let first = self
+                    .outcomes
                     .store(
                         &result,
                         back_sha256,
@@ -214,6 +215,14 @@ impl Pipeline {
                         &d.signals.hurry,
                     )
                     .await;
+                // Another copy stored first: its verdict is the job's.
+                let result = match first {
+                    Some(mut first) => {
+                        first.metadata = job.metadata.clone();
+                        first
+                    }
+                    None => result,
+                };
                 // Stored (or given up on): another copy may go on now.
                 drop(claim);
                 Finished::new(Disposition::Publish(Box::new(result)), Some(job.check))

@@ -155,6 +155,10 @@ pub enum OutcomeError {
     /// A record exists but cannot be read: needs a human.
     #[error("{0}")]
     Corrupt(String),
+    /// A conditional write found the record already there (another copy
+    /// stored first).
+    #[error("{0}")]
+    AlreadyStored(String),
 }
 
 #[async_trait]

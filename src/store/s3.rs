@@ -303,22 +303,35 @@ impl S3Outcomes {
         }
     }
 
-    async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<(), OutcomeError> {
-        self.client
+    /// Writes a record; `if_absent` asks the server to refuse it when the
+    /// key exists (`If-None-Match: *`: AWS S3 honours it, some compatible
+    /// servers such as Garage 2.5 ignore it and overwrite).
+    async fn put_json(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        if_absent: bool,
+    ) -> Result<(), OutcomeError> {
+        let mut put = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/json")
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| {
-                OutcomeError::Unavailable(format!(
-                    "could not write s3://{}/{key}: {}",
-                    self.bucket,
-                    describe(&e)
-                ))
-            })?;
+            .body(ByteStream::from(body));
+        if if_absent {
+            put = put.if_none_match("*");
+        }
+        put.send().await.map_err(|e| match &e {
+            SdkError::ServiceError(s) if s.raw().status().as_u16() == 412 => {
+                OutcomeError::AlreadyStored(format!("s3://{}/{key} exists already", self.bucket))
+            }
+            _ => OutcomeError::Unavailable(format!(
+                "could not write s3://{}/{key}: {}",
+                self.bucket,
+                describe(&e)
+            )),
+        })?;
         Ok(())
     }
 }
@@ -332,7 +345,7 @@ impl OutcomeStore for S3Outcomes {
 
     async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError> {
         let body = serde_json::to_vec(outcome).expect("outcome serializes");
-        self.put_json(&outcome_key(&self.prefix, &outcome.job_id), body)
+        self.put_json(&outcome_key(&self.prefix, &outcome.job_id), body, true)
             .await
     }
 
@@ -344,6 +357,7 @@ impl OutcomeStore for S3Outcomes {
         self.put_json(
             &key,
             serde_json::to_vec(log).expect("attempt log serializes"),
+            false,
         )
         .await
     }
@@ -358,7 +372,7 @@ impl OutcomeStore for S3Outcomes {
 
     async fn save_pending(&self, pending: &PendingSubmission) -> Result<(), OutcomeError> {
         let body = serde_json::to_vec(pending).expect("pending record serializes");
-        self.put_json(&pending_key(&self.prefix, &pending.job_id), body)
+        self.put_json(&pending_key(&self.prefix, &pending.job_id), body, false)
             .await
     }
 

@@ -248,6 +248,21 @@ async fn forged_or_expired_callbacks_are_refused_and_publish_nothing() {
         "nothing published"
     );
 
+    // A genuine token for a job nothing waits for (never submitted, or
+    // given up): the vendor is asked to post again, nothing is dropped.
+    let unknown = callbacks::sign(key, ProviderName::Argos, "unknown-job", 1, now + 600);
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/callbacks/argos/unknown-job/1?expires={}&token={unknown}",
+            now + 600
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "30");
+
     // The genuine token is accepted and settles the job.
     let good = callbacks::sign(key, ProviderName::Argos, "waiting", 1, now + 600);
     assert_eq!(

@@ -8,6 +8,7 @@ mod chaos;
 mod dead_letters;
 mod delivery;
 mod didit;
+mod guarantees;
 mod harness;
 mod intellicheck;
 mod ops;

@@ -163,3 +163,35 @@ async fn a_stored_outcome_from_another_vendor_does_not_answer_a_job_naming_one()
     );
     assert_eq!((argos.calls(), intellicheck.calls()), (1, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_claims_a_conditional_store_still_gives_every_copy_one_verdict() {
+    let images = Arc::new(Images::default());
+    images.put(IMAGE, samples::png(1, 2000, None));
+    let outcomes = Arc::new(Outcomes::default());
+    outcomes.conditional.store(true, Ordering::SeqCst);
+    let vendor = Arc::new(Vendor::new(ProviderName::Argos));
+    // The vendor answers the two copies differently; the second is slower.
+    vendor.then(Answer::Score(0.9)).then(Answer::Score(0.2));
+    let pipeline = Pipeline::new(
+        config(),
+        images,
+        vec![vendor.clone()],
+        Arc::new(Metrics::new()),
+    )
+    .with_outcomes(outcomes);
+    let body = job("j1");
+    let copy = async |delay: u64| {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let incoming = pipeline.parse(body.as_bytes(), 0, Carried::default(), None);
+        pipeline.step(&incoming).await
+    };
+    let (a, b) = tokio::join!(copy(0), copy(10));
+    assert_eq!(vendor.calls(), 2, "no claim: both paid");
+    assert_eq!(result(&a).verdict, Verdict::Live);
+    assert_eq!(
+        result(&b).verdict,
+        Verdict::Live,
+        "the first stored outcome stands"
+    );
+}
