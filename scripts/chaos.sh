@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# The chaos suite: two real worker processes work through a batch while a
-# replica is SIGKILLed, broker connections are force-closed, S3 stops for 20 s,
-# the vendor fails 30% of calls, and the vendor key is revoked and restored.
+# The chaos suite: real worker processes sharing the coordination store work
+# through a batch while one thing breaks per scenario: a replica SIGKILLed,
+# broker connections force-closed (also while vendor answers are slow), S3
+# stopped for 20 s (also with a SIGTERM while answers are in hand), 30% vendor
+# faults, the vendor key revoked, every job published three times, no queue
+# bound to the results exchange, a broker memory alarm, forged progress headers.
 # Prints, per scenario, every job accounted for, duplicates, vendor calls
-# against recorded attempts, and dead letters (see tests/it/chaos.rs).
+# against recorded attempts, the peak of jobs in flight per replica, and dead
+# letters (see tests/it/chaos.rs and docs/reliability.md).
 #
 # Usage: scripts/chaos.sh [--jobs N] [--scenarios a,b] [--report FILE]
-#   scenarios: sigkill, close-connections, s3-outage, vendor-faults-30pct, revoke-key
+#   scenarios: sigkill, close-connections, s3-outage, vendor-faults-30pct,
+#   revoke-key, duplicate-storm, slow-connection-loss, unbound-results-20s,
+#   memory-alarm-30s, sigterm-s3-outage, forged-headers
 #
 # It runs on its own Garage instance (ports 3910/3911/3913, state in
 # /tmp/liveness-chaos-services) and its own RabbitMQ vhost (liveness-chaos), so
-# stopping S3 and closing connections disturbs nothing else.
+# stopping S3 and closing connections disturbs nothing else. The exception is
+# memory-alarm-30s: a memory alarm blocks every publisher on the node for 30 s,
+# so run it on a broker nothing else uses (the watermark is set back to
+# RabbitMQ's default 0.4 afterwards, also when the scenario fails).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --jobs) jobs="$2"; shift 2 ;;
     --scenarios) scenarios="$2"; shift 2 ;;
     --report) report="$2"; shift 2 ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

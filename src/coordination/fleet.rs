@@ -1,6 +1,6 @@
 //! Fleet heartbeats: every replica writes its state every few seconds
 //! under its own key with an expiry, and indexes it in a sorted set by
-//! time; readers (the operator console) take the ones seen recently.
+//! time; readers (`status`, the operator console) take the ones seen recently.
 
 use super::{Coordination, Unavailable};
 use serde::{Deserialize, Serialize};

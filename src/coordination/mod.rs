@@ -8,7 +8,7 @@
 //!   again. A crashed owner's lease expires by itself.
 //! - Requeue counts: a job the worker itself had to put back (its outcome
 //!   could not be published) is not one step closer to poison.
-//! - Fleet heartbeats: each replica's state, for the operator console.
+//! - Fleet heartbeats: each replica's state, shown by `status`.
 //!
 //! Keys live under `<key_prefix>:<broker.prefix or "default">:`, so
 //! deployments sharing a Redis (and test runs) do not meet. Nothing here

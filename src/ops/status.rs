@@ -1,12 +1,14 @@
 //! `status`: depth and consumers of every queue (passive declares, which
-//! change nothing), and the dead letters counted by failure class and
-//! vendor. The dead letters are read with a [`HeldScan`] and all released
+//! change nothing), the replicas' heartbeats from the coordination store
+//! (when one is configured), and the dead letters counted by failure class
+//! and vendor. The dead letters are read with a [`HeldScan`] and all released
 //! at the end: none is consumed, lost or reordered.
 
 use super::replay::read_dead_letter;
 use super::{HeldScan, queue_info};
 use crate::broker::{self, Names};
 use crate::config::Config;
+use crate::coordination::{Coordination, Heartbeat};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -67,11 +69,44 @@ pub struct ClassVendorCount {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Status {
     pub queues: Vec<QueueStatus>,
+    /// The replicas seen in the last few heartbeat intervals; None without a
+    /// coordination store.
+    pub fleet: Option<Fleet>,
     /// None when the dead-letter queue does not exist.
     pub dead_letters: Option<DeadLetterCounts>,
+}
+
+/// The replicas, as their heartbeats in the coordination store say.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Fleet {
+    pub replicas: Vec<Heartbeat>,
+    /// Set when the coordination store could not be read (the rest of the
+    /// status is still shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+async fn fleet(cfg: &Config) -> Option<Fleet> {
+    if !cfg.coordination.enabled() {
+        return None;
+    }
+    let read = async {
+        let c = Coordination::connect(&cfg.coordination, &cfg.broker.prefix)?;
+        Ok::<_, anyhow::Error>(c.heartbeats().await?)
+    };
+    Some(match read.await {
+        Ok(replicas) => Fleet {
+            replicas,
+            error: None,
+        },
+        Err(e) => Fleet {
+            replicas: Vec::new(),
+            error: Some(format!("{e:#}")),
+        },
+    })
 }
 
 /// Counts one dead letter (or an unreadable message) into `c`.
@@ -166,6 +201,7 @@ pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
     let _ = conn.close(200, "status done".into()).await;
     Ok(Status {
         queues,
+        fleet: fleet(cfg).await,
         dead_letters,
     })
 }
@@ -196,6 +232,9 @@ pub fn render(s: &Status) -> String {
                 q.name, q.role, "missing", "-"
             ));
         }
+    }
+    if let Some(f) = &s.fleet {
+        render_fleet(&mut out, f);
     }
     match &s.dead_letters {
         None => out.push_str("\nNo dead-letter queue yet (the worker declares it at start).\n"),
@@ -247,6 +286,65 @@ pub fn render(s: &Status) -> String {
         }
     }
     out
+}
+
+fn render_fleet(out: &mut String, f: &Fleet) {
+    if let Some(e) = &f.error {
+        out.push_str(&format!(
+            "\nReplicas: cannot read the coordination store: {e}\n"
+        ));
+        return;
+    }
+    if f.replicas.is_empty() {
+        out.push_str("\nReplicas: none has reported to the coordination store recently.\n");
+        return;
+    }
+    let ww = f
+        .replicas
+        .iter()
+        .map(|r| r.worker.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    out.push_str(&format!(
+        "\n{:<ww$}  {:<9}  {:>9}  {:<20}  VENDORS\n",
+        "REPLICA", "STATE", "IN FLIGHT", "LAST SEEN"
+    ));
+    for r in &f.replicas {
+        let state = if r.draining {
+            "draining"
+        } else if r.consuming {
+            "consuming"
+        } else {
+            "connecting"
+        };
+        let vendors: Vec<String> = r
+            .vendors
+            .iter()
+            .map(|v| {
+                let mut s = format!("{} {}", v.vendor, v.in_flight);
+                if v.paused {
+                    s.push_str(" PAUSED");
+                    if let Some(why) = &v.paused_reason {
+                        s.push_str(&format!(" ({why})"));
+                    }
+                }
+                if v.breaker_open {
+                    s.push_str(" BREAKER OPEN");
+                }
+                s
+            })
+            .collect();
+        let seen = r.at.get(..19).unwrap_or(&r.at);
+        out.push_str(&format!(
+            "{:<ww$}  {:<9}  {:>9}  {:<20}  {}\n",
+            r.worker,
+            state,
+            format!("{}/{}", r.in_flight, r.concurrency),
+            seen,
+            vendors.join(", ")
+        ));
+    }
 }
 
 /// The `status` command.
@@ -302,6 +400,29 @@ mod tests {
                 ready: 3,
                 consumers: 1,
             }],
+            fleet: Some(Fleet {
+                replicas: vec![Heartbeat {
+                    worker: "pod-a:7".into(),
+                    at: "2026-12-07T10:00:00.123Z".into(),
+                    consuming: true,
+                    draining: false,
+                    concurrency: 32,
+                    in_flight: 5,
+                    vendors: vec![crate::coordination::VendorState {
+                        vendor: "argos".into(),
+                        in_flight: 0,
+                        paused: true,
+                        paused_reason: Some("credentials refused".into()),
+                        breaker_open: false,
+                        latency_ms_p50: None,
+                        latency_ms_p95: None,
+                        limit: None,
+                        budget: None,
+                    }],
+                    counters: Default::default(),
+                }],
+                error: None,
+            }),
             dead_letters: Some(DeadLetterCounts {
                 queue: "liveness.dead".into(),
                 depth: 50,
@@ -318,8 +439,16 @@ mod tests {
         let text = render(&s);
         assert!(text.contains("SAMPLE: the oldest 10 of 50"), "{text}");
         assert!(text.contains("liveness.jobs"));
+        assert!(text.contains("pod-a:7"), "{text}");
+        assert!(text.contains("5/32"), "{text}");
+        assert!(
+            text.contains("argos 0 PAUSED (credentials refused)"),
+            "{text}"
+        );
+        assert!(text.contains("2026-12-07T10:00:00 "), "{text}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["dead_letters"]["complete"], false);
         assert_eq!(json["queues"][0]["ready"], 3);
+        assert_eq!(json["fleet"]["replicas"][0]["in_flight"], 5);
     }
 }

@@ -1,5 +1,5 @@
-//! This replica's heartbeat in the coordination store, for the operator
-//! console's fleet view: consuming or draining, jobs in flight, each
+//! This replica's heartbeat in the coordination store, read by `status`
+//! (and the operator console's fleet view): consuming or draining, jobs in flight, each
 //! vendor's state, totals of results and dead letters.
 
 use crate::coordination::{Coordination, Heartbeat, fleet::Counters};

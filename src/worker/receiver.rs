@@ -139,10 +139,10 @@ async fn settle(r: &Receiver, vendor: ProviderName, job_id: &JobId, body: &[u8])
     let unavailable = |what: &str, e: &dyn std::fmt::Display| {
         metrics.callback(CallbackOutcome::Failed);
         tracing::warn!(error = %e, "{what}; the vendor should post the callback again");
-        (StatusCode::SERVICE_UNAVAILABLE, "try again later").into_response()
+        retry_later()
     };
     if !r.pipeline.outcomes().enabled() {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        return retry_later();
     }
     // Two copies of one callback (on two replicas) settle the job once.
     let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;

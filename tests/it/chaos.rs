@@ -1,8 +1,11 @@
-//! The chaos suite (docs/reliability.md#the-chaos-suite): two real worker processes work through a
-//! batch while something breaks, and every job must come out exactly once
-//! (duplicate deliveries of the same outcome are allowed and counted), with
-//! no vendor call beyond the attempts the results record, no dead letter for
-//! a transient fault, and no worker that needs a restart.
+//! The chaos suite (docs/reliability.md#the-chaos-suite): real worker processes (two, or three for
+//! the duplicate storm) work through a batch while something breaks, and
+//! every job must come out exactly once (duplicate deliveries of the same
+//! outcome are allowed and counted), with no vendor call beyond the attempts
+//! the results record, no dead letter for a transient fault, no replica with
+//! more jobs in flight than its concurrency, and no worker that needs a
+//! restart. The replicas share the coordination store (Redis), as in
+//! production.
 //!
 //! It force-closes broker connections and stops S3, so it must not share
 //! them with other tests: `scripts/chaos.sh` gives it its own Garage and its
@@ -24,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -41,15 +44,71 @@ enum Fault {
     VendorFaults,
     /// Revoke the vendor key for this long, then restore it.
     RevokeKey(Duration),
+    /// Every job published three times back to back, three replicas.
+    DuplicateStorm,
+    /// Vendor answers slower (3 s) than the broker connections live: they
+    /// are force-closed every 1.5 s for a while.
+    SlowConnectionLoss,
+    /// No queue bound to the results exchange for this long, then one.
+    UnboundResults(Duration),
+    /// The broker refuses publishes (a memory alarm) for this long.
+    MemoryAlarm(Duration),
+    /// S3 stops while vendor calls are under way, and a replica is sent
+    /// SIGTERM with answers in hand.
+    SigtermDuringS3Outage,
+    /// Every job arrives with forged x-liveness-* progress headers.
+    ForgedHeaders,
 }
 
-const SCENARIOS: [(&str, Fault); 5] = [
+const SCENARIOS: [(&str, Fault); 11] = [
     ("sigkill", Fault::KillReplica(5)),
     ("close-connections", Fault::CloseConnections),
     ("s3-outage", Fault::StopS3(Duration::from_secs(20))),
     ("vendor-faults-30pct", Fault::VendorFaults),
     ("revoke-key", Fault::RevokeKey(Duration::from_secs(5))),
+    ("duplicate-storm", Fault::DuplicateStorm),
+    ("slow-connection-loss", Fault::SlowConnectionLoss),
+    (
+        "unbound-results-20s",
+        Fault::UnboundResults(Duration::from_secs(20)),
+    ),
+    (
+        "memory-alarm-30s",
+        Fault::MemoryAlarm(Duration::from_secs(30)),
+    ),
+    ("sigterm-s3-outage", Fault::SigtermDuringS3Outage),
+    ("forged-headers", Fault::ForgedHeaders),
 ];
+
+impl Fault {
+    /// Replicas the scenario runs.
+    fn replicas(self) -> usize {
+        match self {
+            Fault::DuplicateStorm => 3,
+            _ => 2,
+        }
+    }
+
+    /// Jobs the scenario runs, of the suite's `total`.
+    fn jobs(self, total: usize) -> usize {
+        match self {
+            Fault::DuplicateStorm | Fault::SlowConnectionLoss | Fault::SigtermDuringS3Outage => {
+                total.min(500)
+            }
+            _ => total,
+        }
+    }
+
+    /// The emulator's latency for every call, in milliseconds.
+    fn latency_ms(self) -> u64 {
+        match self {
+            Fault::SlowConnectionLoss => 3000,
+            Fault::SigtermDuringS3Outage => 2000,
+            Fault::DuplicateStorm => 200,
+            _ => 20,
+        }
+    }
+}
 
 #[derive(Default)]
 struct Report {
@@ -65,6 +124,9 @@ struct Report {
     extra_calls: u64,
     extra_call_jobs: usize,
     kills: u32,
+    /// The most jobs in flight one replica reported (sampled), and the limit.
+    peak_in_flight: i64,
+    concurrency: i64,
     unexpected_exits: usize,
     unclean_exits: usize,
     seconds: f64,
@@ -91,6 +153,12 @@ impl Report {
             f.push(format!(
                 "dead letters for transient faults: {:?}",
                 self.dead_letters
+            ));
+        }
+        if self.peak_in_flight > self.concurrency {
+            f.push(format!(
+                "a replica had {} jobs in flight, over its concurrency {}",
+                self.peak_in_flight, self.concurrency
             ));
         }
         if self.kills == 0 && self.extra_calls > 0 {
@@ -212,12 +280,12 @@ fn render(reports: &[Report]) -> String {
     let mut s = String::new();
     writeln!(
         s,
-        "| scenario | jobs | results | dead letters | lost | duplicate deliveries | vendor calls | recorded attempts | calls beyond recorded attempts (jobs) | replica kills | self-exits | clean SIGTERM exit | time |"
+        "| scenario | jobs | results | dead letters | lost | duplicate deliveries | vendor calls | recorded attempts | calls beyond recorded attempts (jobs) | peak in flight per replica (limit) | replica kills | self-exits | clean SIGTERM exit | time |"
     )
     .unwrap();
     writeln!(
         s,
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
     )
     .unwrap();
     for r in reports {
@@ -228,7 +296,7 @@ fn render(reports: &[Report]) -> String {
         };
         writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} | {:.0} s |",
             r.name,
             r.jobs,
             r.results,
@@ -239,6 +307,8 @@ fn render(reports: &[Report]) -> String {
             r.recorded_attempts,
             r.extra_calls,
             r.extra_call_jobs,
+            r.peak_in_flight,
+            r.concurrency,
             r.kills,
             r.unexpected_exits,
             if r.unclean_exits == 0 { "yes" } else { "no" },
@@ -262,10 +332,16 @@ fn s3_toml() -> String {
 
 struct Replica {
     child: Child,
+    /// Where its /metrics are served.
+    metrics: String,
 }
 
 fn spawn_replica(suite: &Suite, envs: &[(String, String)], tag: &str) -> Replica {
     let log = std::fs::File::create(suite.log_dir.join(format!("{tag}.log"))).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_liveness-worker"));
     cmd.arg("run")
         .env_remove("RUST_LOG")
@@ -275,9 +351,35 @@ fn spawn_replica(suite: &Suite, envs: &[(String, String)], tag: &str) -> Replica
     for (k, v) in envs {
         cmd.env(k, v);
     }
+    cmd.env("LIVENESS_TELEMETRY__LISTEN", format!("127.0.0.1:{port}"));
     Replica {
         child: cmd.spawn().expect("worker binary starts"),
+        metrics: format!("http://127.0.0.1:{port}/metrics"),
     }
+}
+
+/// Samples every replica's `liveness_jobs_in_flight` until `stop`; the
+/// highest value seen.
+async fn sample_in_flight(urls: Arc<std::sync::Mutex<Vec<String>>>, stop: Arc<AtomicBool>) -> i64 {
+    let client = reqwest::Client::new();
+    let mut peak = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let current: Vec<String> = urls.lock().unwrap().clone();
+        for url in current {
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                && let Ok(text) = r.text().await
+                && let Some(n) = crate::telemetry::series(&text, "liveness_jobs_in_flight")
+            {
+                peak = peak.max(n as i64);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak
 }
 
 async fn rabbitmqctl(args: &[&str]) {
@@ -327,7 +429,7 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
     let api_key = format!("chaos-key-{}", fastrand::u64(..));
     let emulator = Emulator::start(EmulatorConfig {
         faults: Faults {
-            latency_ms: 20,
+            latency_ms: fault.latency_ms(),
             ..Default::default()
         },
         ..EmulatorConfig::local(&api_key)
@@ -350,6 +452,21 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
         ("LIVENESS_WORKER__CONCURRENCY", "32".into()),
         ("LIVENESS_WORKER__JOB_DEADLINE", "20s".into()),
         ("LIVENESS_WORKER__DRAIN_TIMEOUT", "10s".into()),
+        ("LIVENESS_WORKER__DRAIN_GRACE", "10s".into()),
+        (
+            "LIVENESS_COORDINATION__REDIS_URL",
+            env("LIVENESS_TEST_REDIS_URL"),
+        ),
+        // A killed replica's claims run out quickly.
+        ("LIVENESS_COORDINATION__CLAIM_LEASE", "10s".into()),
+        (
+            "LIVENESS_BROKER__RESULTS_QUEUE",
+            if matches!(fault, Fault::UnboundResults(_)) {
+                String::new()
+            } else {
+                "liveness.results".into()
+            },
+        ),
         (
             "LIVENESS_WORKER__ALLOWED_BUCKETS",
             format!(r#"["{}"]"#, env("LIVENESS_TEST_IMAGES_BUCKET")),
@@ -382,8 +499,11 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
             format!("{}/modules", emulator.base_url()),
         ),
         ("LIVENESS_PROVIDERS__ARGOS__API_KEY", api_key.clone()),
-        ("LIVENESS_PROVIDERS__ARGOS__TIMEOUT", "2s".into()),
-        ("LIVENESS_TELEMETRY__LISTEN", String::new()),
+        // Short, so held requests fail fast, but well above the latency.
+        (
+            "LIVENESS_PROVIDERS__ARGOS__TIMEOUT",
+            format!("{}ms", 2000 + 2 * fault.latency_ms()),
+        ),
         ("LIVENESS_TELEMETRY__LOG_FORMAT", "json".into()),
         ("LIVENESS_TELEMETRY__LOG_LEVEL", "warn".into()),
     ]
@@ -396,9 +516,15 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
     ))
     .expect("config");
     let names = Names::new(&cfg.broker);
+    let results_queue = names.results_queue.clone().expect("a results queue name");
     {
         let (conn, _) = connect(&url).await;
-        liveness_worker::broker::declare_topology(&conn, &cfg.broker)
+        let mut declared = cfg.broker.clone();
+        if matches!(fault, Fault::UnboundResults(_)) {
+            // Nothing bound to the results exchange until the fault ends.
+            declared.results_queue = String::new();
+        }
+        liveness_worker::broker::declare_topology(&conn, &declared)
             .await
             .expect("topology");
         let _ = conn.close(200, "".into()).await;
@@ -413,39 +539,53 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
             .unwrap();
         assert!(r.status().is_success(), "faults accepted");
     }
-    let mut replicas = vec![
-        spawn_replica(suite, &envs, &format!("{prefix}-r0")),
-        spawn_replica(suite, &envs, &format!("{prefix}-r1")),
-    ];
+    let mut replicas: Vec<Replica> = (0..fault.replicas())
+        .map(|i| spawn_replica(suite, &envs, &format!("{prefix}-r{i}")))
+        .collect();
+    let metric_urls = Arc::new(std::sync::Mutex::new(
+        replicas
+            .iter()
+            .map(|r| r.metrics.clone())
+            .collect::<Vec<_>>(),
+    ));
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_in_flight(metric_urls.clone(), sampling.clone()));
 
     // Publish the batch with confirms, many in flight.
     let started = Instant::now();
-    let job_ids: Vec<String> = (0..suite.images.len())
-        .map(|i| format!("{prefix}-job-{i}"))
-        .collect();
+    let n = fault.jobs(suite.images.len());
+    let images = &suite.images[..n];
+    let job_ids: Vec<String> = (0..n).map(|i| format!("{prefix}-job-{i}")).collect();
+    let copies = if fault == Fault::DuplicateStorm { 3 } else { 1 };
     {
         let (conn, ch) = connect(&url).await;
-        for (chunk_ids, chunk_imgs) in job_ids.chunks(256).zip(suite.images.chunks(256)) {
+        for (chunk_ids, chunk_imgs) in job_ids.chunks(256).zip(images.chunks(256)) {
             let mut confirms = Vec::new();
             for (id, (uri, _)) in chunk_ids.iter().zip(chunk_imgs) {
                 let body = serde_json::to_vec(&json!({
                     "schema": "liveness.job.v1", "job_id": id, "check": "document", "image": uri
                 }))
                 .unwrap();
-                confirms.push(
-                    ch.basic_publish(
-                        names.jobs_exchange.as_str().into(),
-                        names.jobs_routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default()
-                            .with_delivery_mode(2)
-                            .with_content_type("application/json".into())
-                            .with_message_id(id.as_str().into()),
-                    )
-                    .await
-                    .expect("publish"),
-                );
+                let mut props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.as_str().into());
+                if fault == Fault::ForgedHeaders {
+                    props = props.with_headers(forged_progress());
+                }
+                for _ in 0..copies {
+                    confirms.push(
+                        ch.basic_publish(
+                            names.jobs_exchange.as_str().into(),
+                            names.jobs_routing_key.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            props.clone(),
+                        )
+                        .await
+                        .expect("publish"),
+                    );
+                }
             }
             for c in confirms {
                 assert!(c.await.expect("confirm").is_ack(), "job publish confirmed");
@@ -459,7 +599,7 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
     let total = job_ids.len();
     let collector = tokio::spawn(collect(
         url.clone(),
-        names.clone(),
+        [results_queue.clone(), names.dead_queue.clone()],
         job_ids.clone(),
         done.clone(),
     ));
@@ -496,6 +636,8 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 replicas[(k % 2) as usize] =
                     spawn_replica(suite, &envs, &format!("{prefix}-r{}-restart{k}", k % 2));
+                metric_urls.lock().unwrap()[(k % 2) as usize] =
+                    replicas[(k % 2) as usize].metrics.clone();
             }
         }
         Fault::CloseConnections => {
@@ -534,9 +676,69 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
                 .await
                 .unwrap();
         }
-        Fault::VendorFaults => {}
+        Fault::VendorFaults | Fault::DuplicateStorm | Fault::ForgedHeaders => {}
+        Fault::SlowConnectionLoss => {
+            at(0.05).await;
+            for _ in 0..6 {
+                rabbitmqctl(&[
+                    "-q",
+                    "close_all_connections",
+                    "-p",
+                    &suite.vhost,
+                    "chaos test",
+                ])
+                .await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+        Fault::UnboundResults(down) => {
+            tokio::time::sleep(down).await;
+            let (conn, ch) = connect(&url).await;
+            ch.queue_declare(
+                results_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::durable(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("results queue");
+            ch.queue_bind(
+                results_queue.as_str().into(),
+                names.results_exchange.as_str().into(),
+                "#".into(),
+                lapin::options::QueueBindOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+            let _ = conn.close(200, "".into()).await;
+        }
+        Fault::MemoryAlarm(down) => {
+            at(0.2).await;
+            let alarm = MemoryAlarm::raise().await;
+            tokio::time::sleep(down).await;
+            alarm.clear().await;
+        }
+        Fault::SigtermDuringS3Outage => {
+            at(0.2).await;
+            services("stop-s3").await;
+            // Calls under way get their answers while the store is down.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let r = &mut replicas[0];
+            crate::harness::signal(r.child.id().expect("running") as i32, 15);
+            let exit = tokio::time::timeout(Duration::from_secs(40), r.child.wait()).await;
+            assert!(
+                matches!(exit, Ok(Ok(s)) if s.success()),
+                "the replica drained and exited 0: {exit:?}"
+            );
+            replicas[0] = spawn_replica(suite, &envs, &format!("{prefix}-r0-restart"));
+            metric_urls.lock().unwrap()[0] = replicas[0].metrics.clone();
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            services("start-s3").await;
+        }
     }
     let outcomes = collector.await.expect("collector");
+    sampling.store(true, Ordering::Relaxed);
+    let peak_in_flight = sampler.await.expect("sampler");
     let seconds = started.elapsed().as_secs_f64();
 
     // Did any worker exit by itself? Then stop them the normal way.
@@ -567,6 +769,8 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
         name: name.to_owned(),
         jobs: total,
         kills,
+        peak_in_flight,
+        concurrency: 32,
         unexpected_exits,
         unclean_exits,
         seconds,
@@ -575,7 +779,7 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
     };
     report.fault_missed = matches!(fault, Fault::RevokeKey(_) | Fault::VendorFaults)
         && report.submissions <= total as u64;
-    for (id, (_, sha)) in job_ids.iter().zip(&suite.images) {
+    for (id, (_, sha)) in job_ids.iter().zip(images) {
         let Some(seen) = outcomes.get(id) else {
             report.lost += 1;
             continue;
@@ -636,14 +840,10 @@ impl Outcome {
 /// Reconnects when the chaos closes its connection too.
 async fn collect(
     url: String,
-    names: Names,
+    queues: [String; 2],
     job_ids: Vec<String>,
     done: Arc<AtomicUsize>,
 ) -> HashMap<String, Vec<Outcome>> {
-    let queues = [
-        names.results_queue.clone().unwrap(),
-        names.dead_queue.clone(),
-    ];
     let mut seen: HashMap<String, Vec<Outcome>> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(360);
     let mut settle_until: Option<Instant> = None;
@@ -681,8 +881,12 @@ async fn collect(
                     let _ = d.acker.ack(BasicAckOptions::default()).await;
                 }
                 Ok(None) => {}
+                // A closed connection (the chaos), or a results queue that
+                // does not exist yet (unbound-results): the failed get
+                // closed the channel; reconnect and go on.
                 Err(_) => {
                     let _ = conn.close(200, "".into()).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     (conn, ch) = connect(&url).await;
                 }
             }
@@ -698,4 +902,61 @@ async fn collect(
     }
     let _ = conn.close(200, "".into()).await;
     seen
+}
+
+/// Progress headers a producer might set: a job back from the callback
+/// wait, its budget spent, an absurd attempt count, a made-up MAC.
+fn forged_progress() -> lapin::types::FieldTable {
+    use lapin::types::AMQPValue;
+    let mut h = lapin::types::FieldTable::default();
+    h.insert(
+        "x-liveness-awaiting-callback".into(),
+        AMQPValue::Boolean(true),
+    );
+    h.insert(
+        "x-liveness-attempts".into(),
+        AMQPValue::LongLongInt(4_000_000_000),
+    );
+    h.insert("x-liveness-ladder-step".into(), AMQPValue::LongLongInt(99));
+    h.insert(
+        "x-liveness-callback-submissions".into(),
+        AMQPValue::LongLongInt(7),
+    );
+    h.insert(
+        "x-liveness-state-mac".into(),
+        AMQPValue::LongString("deadbeef".into()),
+    );
+    h
+}
+
+/// RabbitMQ's memory alarm, raised by lowering the high watermark: every
+/// publisher on the node is blocked. Cleared on drop too, so a failing
+/// scenario cannot leave the broker refusing publishes.
+struct MemoryAlarm {
+    cleared: bool,
+}
+
+/// RabbitMQ's default high watermark.
+const WATERMARK: &str = "0.4";
+
+impl MemoryAlarm {
+    async fn raise() -> MemoryAlarm {
+        rabbitmqctl(&["-q", "set_vm_memory_high_watermark", "0.0000001"]).await;
+        MemoryAlarm { cleared: false }
+    }
+
+    async fn clear(mut self) {
+        rabbitmqctl(&["-q", "set_vm_memory_high_watermark", WATERMARK]).await;
+        self.cleared = true;
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        if !self.cleared {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "set_vm_memory_high_watermark", WATERMARK])
+                .status();
+        }
+    }
 }

@@ -141,3 +141,38 @@ async fn a_result_nobody_receives_is_not_acked_until_a_queue_is_bound() {
         .await;
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_the_replicas_from_their_heartbeats() {
+    let t = TestEnv::start("fleet", "[coordination]\nheartbeat_interval = \"200ms\"\n").await;
+    let mut seen = None;
+    wait_for("the replica's heartbeat in status", 20, async || {
+        let s = liveness_worker::ops::status::status(&t.cfg, 0)
+            .await
+            .unwrap();
+        let fleet = s.fleet.expect("a coordination store is configured");
+        assert_eq!(fleet.error, None);
+        seen = fleet.replicas.into_iter().find(|r| r.consuming);
+        seen.is_some()
+    })
+    .await;
+    let replica = seen.unwrap();
+    assert_eq!(replica.concurrency, t.cfg.worker.concurrency as u32);
+    assert!(!replica.draining);
+    assert!(
+        replica
+            .vendors
+            .iter()
+            .any(|v| v.vendor == "argos" && !v.paused),
+        "{replica:?}"
+    );
+
+    // Without a coordination store there is no fleet section, and an
+    // unreachable one is reported without failing the rest.
+    let mut cfg = t.cfg.clone();
+    cfg.coordination.redis_url = liveness_worker::config::Secret::new("redis://127.0.0.1:1/0");
+    let s = liveness_worker::ops::status::status(&cfg, 0).await.unwrap();
+    assert!(s.fleet.unwrap().error.is_some());
+    assert!(!s.queues.is_empty());
+    t.finish().await;
+}
