@@ -210,6 +210,7 @@ pub struct Metrics {
     vendor_retries: Family<VendorLabels, Counter>,
     s3_duration: Family<Outcome, Histogram>,
     in_flight: Gauge,
+    image_bytes_in_flight: Gauge,
     image_bytes: Histogram,
     vendor_paused: Family<VendorLabels, Gauge>,
     breaker_open: Family<VendorLabels, Gauge>,
@@ -293,6 +294,12 @@ impl Metrics {
             "jobs_in_flight",
             "Jobs being processed by this replica",
             in_flight.clone(),
+        );
+        let image_bytes_in_flight = Gauge::default();
+        registry.register(
+            "image_bytes_in_flight",
+            "Bytes of the image budget (worker.max_image_bytes_in_flight) reserved by jobs now",
+            image_bytes_in_flight.clone(),
         );
         // 4 KiB to 16 MiB.
         let image_bytes = Histogram::new(exponential_buckets(4096.0, 2.0, 13));
@@ -378,6 +385,7 @@ impl Metrics {
             vendor_retries,
             s3_duration,
             in_flight,
+            image_bytes_in_flight,
             image_bytes,
             vendor_paused,
             breaker_open,
@@ -455,6 +463,11 @@ impl Metrics {
 
     pub fn queue_wait(&self, waited: Duration) {
         self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Bytes reserved in the image budget changed by `delta`.
+    pub fn image_budget(&self, delta: i64) {
+        self.image_bytes_in_flight.inc_by(delta);
     }
 
     /// Jobs being processed by this replica now.

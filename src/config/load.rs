@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Toml};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "broker",
     "worker",
     "retry",
@@ -17,6 +17,7 @@ const SECTIONS: [&str; 8] = [
     "results",
     "providers",
     "coordination",
+    "callbacks",
     "telemetry",
 ];
 

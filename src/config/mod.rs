@@ -36,6 +36,7 @@ pub struct Config {
     pub results: ResultsConfig,
     pub providers: ProvidersConfig,
     pub coordination: CoordinationConfig,
+    pub callbacks: CallbacksConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -83,6 +84,10 @@ pub struct BrokerConfig {
     pub delivery_limit: NonZeroU32,
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
+    /// How long the publishing connection may take to open (TCP, TLS,
+    /// AMQP handshake and the confirm channel).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// How long a worker keeps retrying an outcome the broker does not
     /// confirm (or returns unroutable) before it gives the job back.
     #[serde(with = "humantime_serde")]
@@ -175,6 +180,10 @@ impl BrokerConfig {
         p.check(!self.confirm_timeout.is_zero(), || {
             "broker.confirm_timeout must be positive".into()
         });
+        p.check(
+            (Duration::from_millis(100)..=Duration::from_secs(300)).contains(&self.connect_timeout),
+            || "broker.connect_timeout must be 100ms-5m".into(),
+        );
         // RabbitMQ closes a channel whose delivery stays unacked longer than
         // its consumer_timeout (30 minutes by default).
         p.check(
@@ -189,6 +198,9 @@ impl BrokerConfig {
     }
 }
 
+/// The largest image byte budget accepted (counted in KiB internally).
+pub const MAX_IMAGE_BUDGET: u64 = 1 << 40;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
@@ -196,6 +208,9 @@ pub struct WorkerConfig {
     pub allowed_buckets: Vec<String>,
     pub max_job_bytes: usize,
     pub max_image_bytes: NonZeroU64,
+    /// The byte budget of images held at once by one replica (fetched
+    /// images and the encoded copies vendor requests make of them).
+    pub max_image_bytes_in_flight: NonZeroU64,
     #[serde(with = "humantime_serde")]
     pub job_deadline: Duration,
     #[serde(with = "humantime_serde")]
@@ -233,6 +248,23 @@ impl WorkerConfig {
         p.check(!self.job_deadline.is_zero(), || {
             "worker.job_deadline must be positive".into()
         });
+        // A job waits for room in the budget before it fetches: one image
+        // larger than the whole budget could never be fetched.
+        p.check(self.max_image_bytes <= self.max_image_bytes_in_flight, || {
+            format!(
+                "worker.max_image_bytes ({}) must not exceed worker.max_image_bytes_in_flight ({}): an image that size could never be fetched",
+                self.max_image_bytes, self.max_image_bytes_in_flight
+            )
+        });
+        p.check(
+            self.max_image_bytes_in_flight.get() <= MAX_IMAGE_BUDGET,
+            || {
+                format!(
+                    "worker.max_image_bytes_in_flight must be at most {MAX_IMAGE_BUDGET} (1 TiB), got {}",
+                    self.max_image_bytes_in_flight
+                )
+            },
+        );
     }
 }
 
@@ -308,6 +340,8 @@ pub struct ResultsConfig {
     #[serde(with = "humantime_serde")]
     pub store_timeout: Duration,
     pub audit: bool,
+    /// The largest record read back from the store.
+    pub max_record_bytes: u64,
 }
 
 impl ResultsConfig {
@@ -330,6 +364,15 @@ impl ResultsConfig {
         p.check(self.store_timeout >= Duration::from_secs(1), || {
             "results.store_timeout must be at least 1s".into()
         });
+        p.check(
+            (64 * 1024..=256 << 20).contains(&self.max_record_bytes),
+            || {
+                format!(
+                    "results.max_record_bytes must be 65536-268435456, got {}",
+                    self.max_record_bytes
+                )
+            },
+        );
     }
 }
 
@@ -341,6 +384,8 @@ pub struct ProvidersConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// The largest vendor answer read; larger ones are refused unread.
+    pub max_response_bytes: u64,
     pub argos: ArgosConfig,
     pub intellicheck: IntellicheckConfig,
     pub didit: DiditConfig,
@@ -356,6 +401,15 @@ impl ProvidersConfig {
                 format!("providers.{key} cannot be {vendor}: it does not do {check} checks")
             });
         }
+        p.check(
+            (1024..=256 << 20).contains(&self.max_response_bytes),
+            || {
+                format!(
+                    "providers.max_response_bytes must be 1024-268435456, got {}",
+                    self.max_response_bytes
+                )
+            },
+        );
         self.argos.validate(p);
         self.intellicheck.validate(p);
         self.didit.validate(p);
@@ -581,6 +635,56 @@ impl CoordinationConfig {
     }
 }
 
+/// The callback receiver's own limits (Argos callback mode): what one
+/// caller of the public endpoint may hold of a replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// From a connection's first byte (or the end of its previous request)
+    /// to the end of the request head.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// From the end of the head to the end of the body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// From the end of the body to the answer: the callback is settled
+    /// (stored, published) meanwhile; past it the vendor is asked to post
+    /// again while the settling goes on.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The largest callback body.
+    pub max_body_bytes: usize,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl CallbacksConfig {
+    fn validate(&self, p: &mut Problems) {
+        for (key, d) in [
+            ("callbacks.header_timeout", self.header_timeout),
+            ("callbacks.body_timeout", self.body_timeout),
+            ("callbacks.request_timeout", self.request_timeout),
+        ] {
+            p.check(
+                (Duration::from_millis(100)..=Duration::from_secs(300)).contains(&d),
+                || format!("{key} must be 100ms-5m, got {d:?}"),
+            );
+        }
+        p.check((1024..=16 << 20).contains(&self.max_body_bytes), || {
+            format!(
+                "callbacks.max_body_bytes must be 1024-16777216, got {}",
+                self.max_body_bytes
+            )
+        });
+        p.check((1..=65_536).contains(&self.max_connections), || {
+            format!(
+                "callbacks.max_connections must be 1-65536, got {}",
+                self.max_connections
+            )
+        });
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -610,6 +714,17 @@ impl Config {
         self.results.validate(&mut p);
         self.providers.validate(&mut p);
         self.coordination.validate(&mut p);
+        self.callbacks.validate(&mut p);
+        p.check(
+            self.results.max_record_bytes >= self.worker.max_job_bytes as u64 + 64 * 1024,
+            || {
+                format!(
+                    "results.max_record_bytes ({}) must be at least worker.max_job_bytes + 65536 ({}): a pending record holds the job",
+                    self.results.max_record_bytes,
+                    self.worker.max_job_bytes as u64 + 64 * 1024
+                )
+            },
+        );
         let delays = self.broker.retry_delays.len();
         p.check(self.retry.credentials_park_step < delays.max(1), || {
             format!(
@@ -812,6 +927,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("save_api_requests"), "{e}");
+    }
+
+    #[test]
+    fn the_security_limits_load_and_nonsense_is_refused() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.worker.max_image_bytes_in_flight.get(), 256 << 20);
+        assert_eq!(c.providers.max_response_bytes, 1 << 20);
+        assert_eq!(c.results.max_record_bytes, 1 << 20);
+        assert_eq!(c.callbacks.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.callbacks.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.callbacks.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.callbacks.max_body_bytes, 65536);
+        assert_eq!(c.callbacks.max_connections, 256);
+        assert_eq!(c.broker.connect_timeout, Duration::from_secs(10));
+        let e = Config::from_toml(
+            "[worker]\nmax_image_bytes = 20000000\nmax_image_bytes_in_flight = 10000000\n\
+             [providers]\nmax_response_bytes = 10\n\
+             [results]\nmax_record_bytes = 70000\n\
+             [callbacks]\nheader_timeout = \"0s\"\nbody_timeout = \"1h\"\nrequest_timeout = \"50ms\"\nmax_body_bytes = 1\nmax_connections = 0\n\
+             [broker]\nconnect_timeout = \"10m\"",
+        )
+        .unwrap_err()
+        .to_string();
+        for k in [
+            "worker.max_image_bytes (20000000) must not exceed worker.max_image_bytes_in_flight (10000000)",
+            "providers.max_response_bytes",
+            "results.max_record_bytes (70000) must be at least worker.max_job_bytes + 65536",
+            "callbacks.header_timeout",
+            "callbacks.body_timeout",
+            "callbacks.request_timeout",
+            "callbacks.max_body_bytes",
+            "callbacks.max_connections",
+            "broker.connect_timeout",
+        ] {
+            assert!(e.contains(k), "{k} not in {e}");
+        }
     }
 
     #[test]

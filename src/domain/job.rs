@@ -7,6 +7,7 @@
 //! plain words (`check must be "document" or "face", got "selfie"`), not the
 //! first serde error with a column number.
 
+use super::text::log_text;
 use super::{Check, ProviderName, SignalName};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,14 +32,14 @@ pub struct JobMessage {
     /// Version tag.
     #[schemars(schema_with = "job_schema_tag")]
     pub schema: String,
-    /// The producer's id and the idempotency key: one job_id is verified (and billed) once.
-    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9._:-]+$"))]
+    /// The producer's id and the idempotency key: one job_id is verified (and billed) once. Not "." or "..": it is a path segment in callback URLs and results store keys.
+    #[schemars(schema_with = "job_id_schema")]
     pub job_id: String,
     pub check: Check,
-    /// `s3://bucket/key` of the document front or the selfie; the bucket must be on the allowlist.
+    /// `s3://bucket/key` of the document front or the selfie; the bucket must be on the allowlist. The key has no empty, "." or ".." segment and no control character.
     #[schemars(pattern(r"^s3://[^/]+/.+$"))]
     pub image: String,
-    /// `s3://bucket/key` of the document back (document checks only).
+    /// `s3://bucket/key` of the document back (document checks only; the same key rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^s3://[^/]+/.+$"))]
     pub back_image: Option<String>,
@@ -71,6 +72,10 @@ fn document_signals_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     })
 }
 
+fn job_id_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    JobId::json_schema(generator)
+}
+
 fn job_schema_tag(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "string", "const": JOB_SCHEMA })
 }
@@ -101,6 +106,23 @@ impl S3Uri {
                 "must have an object key of 1-1024 bytes: {}",
                 quote(s)
             ));
+        }
+        if let Some(c) = key.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "has a control character {c:?} in its object key: {}",
+                quote(s)
+            ));
+        }
+        // S3 itself takes keys literally, but proxies, SDKs and S3-compatible
+        // servers normalize paths: `allowed/../other/x` may read another
+        // bucket's object, `a//b` another object than the one named.
+        if let Some(seg) = key.split('/').find(|seg| matches!(*seg, "" | "." | "..")) {
+            let what = if seg.is_empty() {
+                "an empty path segment (a leading, trailing or doubled '/')".to_owned()
+            } else {
+                format!("a {seg:?} path segment")
+            };
+            return Err(format!("has {what} in its object key: {}", quote(s)));
         }
         Ok(S3Uri {
             bucket: bucket.to_owned(),
@@ -149,6 +171,13 @@ impl JobId {
         {
             return Err(format!(
                 "job_id may only contain A-Z a-z 0-9 . _ : -, found {c:?}"
+            ));
+        }
+        // It becomes a path segment (callback URLs, results store keys),
+        // where these two mean "here" and "the parent".
+        if s == "." || s == ".." {
+            return Err(format!(
+                "job_id must not be {s:?}: it is a path segment in callback URLs and results store keys"
             ));
         }
         Ok(JobId(s.to_owned()))
@@ -206,7 +235,8 @@ impl JsonSchema for JobId {
             "type": "string",
             "minLength": 1,
             "maxLength": JobId::MAX_LEN,
-            "pattern": r"^[A-Za-z0-9._:-]+$"
+            "pattern": r"^[A-Za-z0-9._:-]+$",
+            "not": { "enum": [".", ".."] }
         })
     }
 }
@@ -248,15 +278,12 @@ pub struct ParsedJob {
 }
 
 impl InvalidJob {
-    /// The job_id to show in logs, when the body had a string one: cut to
-    /// the longest valid length.
-    pub fn job_id_hint(&self) -> Option<&str> {
-        let id = self.job_id.as_deref()?;
-        let mut end = id.len().min(JobId::MAX_LEN);
-        while !id.is_char_boundary(end) {
-            end -= 1;
-        }
-        Some(&id[..end])
+    /// The job_id to show in logs, when the body had a string one:
+    /// escaped and cut (see [`log_text`]): it is whatever a producer sent.
+    pub fn job_id_hint(&self) -> Option<String> {
+        self.job_id
+            .as_deref()
+            .map(|id| log_text(id, JobId::MAX_LEN))
     }
 }
 
@@ -668,6 +695,104 @@ mod tests {
             r#"{{"schema":"liveness.job.v1","job_id":"a","check":"face","image":"s3://imgs/x","metadata":{{"p":"{pad}"}}}}"#
         );
         assert!(err(body.as_bytes()).message.contains("metadata is"));
+    }
+
+    #[test]
+    fn s3_keys_with_dot_or_empty_segments_or_control_characters_are_refused() {
+        for (uri, why) in [
+            ("s3://allowed/../other/x", "\"..\" path segment"),
+            ("s3://allowed/a/../../x", "\"..\" path segment"),
+            ("s3://allowed/./x", "\".\" path segment"),
+            ("s3://allowed/a/.", "\".\" path segment"),
+            ("s3://allowed/..", "\"..\" path segment"),
+            ("s3://allowed//x", "empty path segment"),
+            ("s3://allowed/a//x", "empty path segment"),
+            ("s3://allowed/a/", "empty path segment"),
+            ("s3://allowed/a\nb", "control character '\\n'"),
+            ("s3://allowed/a\u{0}b", "control character"),
+            ("s3://allowed/a\u{7f}b", "control character"),
+        ] {
+            let e = S3Uri::parse(uri).expect_err(uri);
+            assert!(e.contains(why), "{uri}: {e}");
+        }
+        // Dots inside a segment are ordinary characters.
+        for ok in [
+            "s3://allowed/a..b/x",
+            "s3://allowed/.hidden",
+            "s3://allowed/x/...",
+            "s3://allowed/a.b",
+        ] {
+            assert!(S3Uri::parse(ok).is_ok(), "{ok}");
+        }
+        // The whole job is refused, naming the field.
+        let e = err(br#"{"schema":"liveness.job.v1","job_id":"a","check":"document","image":"s3://imgs/../other/x","back_image":"s3://imgs/a//b"}"#);
+        assert!(
+            e.message.contains("image has a \"..\" path segment"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("back_image has an empty path segment"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn dot_job_ids_are_refused() {
+        for id in [".", ".."] {
+            let e = JobId::parse(id).unwrap_err();
+            assert!(e.contains("must not be"), "{e}");
+            let body = format!(
+                r#"{{"schema":"liveness.job.v1","job_id":"{id}","check":"face","image":"s3://imgs/x"}}"#
+            );
+            assert!(err(body.as_bytes()).message.contains("job_id must not be"));
+        }
+        for ok in ["...", ".a", "a.", "a..b", "-", ":"] {
+            assert!(JobId::parse(ok).is_ok(), "{ok}");
+        }
+        let schema = serde_json::to_value(schemars::schema_for!(JobMessage)).unwrap();
+        assert_eq!(
+            schema["properties"]["job_id"]["not"]["enum"],
+            serde_json::json!([".", ".."])
+        );
+    }
+
+    #[test]
+    fn an_invalid_job_id_is_escaped_and_cut_for_logs() {
+        let hostile = format!("x\n{{\"level\":\"ERROR\"}}\u{1b}[31m{}", "y".repeat(10_000));
+        let body = serde_json::json!({"schema": "liveness.job.v1", "job_id": hostile, "check": "face", "image": "s3://imgs/x"});
+        let e = err(body.to_string().as_bytes());
+        let hint = e.job_id_hint().unwrap();
+        assert!(
+            hint.starts_with(r#"x\n{\"level\":\"ERROR\"}\u{1b}[31myyy"#),
+            "{hint}"
+        );
+        assert!(!hint.chars().any(char::is_control), "{hint}");
+        assert!(hint.chars().count() <= JobId::MAX_LEN + 1, "{}", hint.len());
+        assert!(hint.ends_with('…'));
+    }
+
+    #[test]
+    fn an_oversized_body_is_refused_for_its_size_before_any_parsing() {
+        // Invalid JSON and invalid UTF-8 past the limit: the size is what
+        // the dead letter says, so nothing was parsed.
+        let mut body = br#"{"schema":"liveness.job.v1","job_id":"big-1","#.to_vec();
+        body.extend(std::iter::repeat_n(b'\xff', 70_000));
+        let e = parse_job(&body, 65536).unwrap_err();
+        assert!(
+            e.message
+                .contains("over the 65536-byte limit; it was not parsed"),
+            "{}",
+            e.message
+        );
+        assert!(e.job_id.is_none() && e.job.is_none() && e.check.is_none());
+        // One byte over a valid job is refused the same way.
+        let valid =
+            r#"{"schema":"liveness.job.v1","job_id":"a","check":"face","image":"s3://imgs/x"}"#;
+        let e = parse_job(valid.as_bytes(), valid.len() - 1).unwrap_err();
+        assert!(e.message.contains("over the"), "{}", e.message);
+        assert!(parse_job(valid.as_bytes(), valid.len()).is_ok());
     }
 
     #[test]

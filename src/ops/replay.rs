@@ -383,13 +383,17 @@ pub async fn replay(
                 },
                 Source::Poison => match judge_poison(&d.data, &o.filter) {
                     Verdict::Move => {
-                        let job_id = std::str::from_utf8(&d.data)
+                        // Only a body the worker would parse is parsed here:
+                        // the poison queue holds whatever reached the jobs queue.
+                        let text = std::str::from_utf8(&d.data)
                             .ok()
+                            .filter(|t| t.len() <= cfg.worker.max_job_bytes);
+                        let job_id = text
                             .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
                             .and_then(|v| v.get("job_id")?.as_str().map(str::to_owned));
                         let listing = serde_json::json!({
                             "job_id": job_id,
-                            "vendor": std::str::from_utf8(&d.data).ok().and_then(job_provider),
+                            "vendor": text.and_then(job_provider),
                         });
                         Some((d.data.clone(), job_id, listing))
                     }

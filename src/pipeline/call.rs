@@ -116,7 +116,8 @@ impl Vendors {
                 }
             };
             let answer = match tokio::time::timeout(remaining, attempt_call).await {
-                Ok(r) => r,
+                // Vendor text goes no further unclean.
+                Ok(r) => r.map_err(VendorError::sanitized),
                 Err(_) => Err(VendorError::outage(format!(
                     "{name} did not answer within the job deadline ({:?})",
                     self.job_deadline

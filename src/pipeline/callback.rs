@@ -225,7 +225,7 @@ impl Pipeline {
                     .await;
                 return done(Disposition::Publish(Box::new(result)));
             }
-            Err(e) => e,
+            Err(e) => e.sanitized(),
         };
         let failure = |class| Failure {
             provider: Some(pending.provider),

@@ -23,6 +23,8 @@ use std::time::Duration;
 pub struct Images {
     objects: Mutex<HashMap<String, Bytes>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Objects whose body never finishes arriving.
+    trickling: Mutex<std::collections::HashSet<String>>,
     pub fetches: AtomicU32,
 }
 
@@ -32,6 +34,12 @@ impl Images {
             .lock()
             .unwrap()
             .insert(uri.to_owned(), bytes.into());
+    }
+
+    /// Every fetch of `uri` answers, then its body never completes (a
+    /// trickling object).
+    pub fn trickle(&self, uri: &str) {
+        self.trickling.lock().unwrap().insert(uri.to_owned());
     }
 
     /// The next `n` fetches of `uri` fail as if S3 were down.
@@ -45,6 +53,9 @@ impl ImageStore for Images {
     async fn fetch(&self, uri: &S3Uri, limit: u64) -> Result<Bytes, FetchError> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
         let key = uri.to_string();
+        if self.trickling.lock().unwrap().contains(&key) {
+            return std::future::pending().await;
+        }
         if let Some(n) = self.failures.lock().unwrap().get_mut(&key)
             && *n > 0
         {
@@ -167,6 +178,13 @@ pub struct Vendor {
     pub latency: Mutex<Duration>,
     pub calls: AtomicU32,
     pub callback_mode: bool,
+    /// Whether it takes a job's back image (like Intellicheck).
+    pub uses_back: bool,
+    /// Calls with a back image.
+    pub backs: AtomicU32,
+    /// Calls under way now, and the most at once.
+    in_call: AtomicU32,
+    pub max_in_call: AtomicU32,
 }
 
 impl Vendor {
@@ -178,6 +196,10 @@ impl Vendor {
             latency: Mutex::new(Duration::from_millis(100)),
             calls: AtomicU32::new(0),
             callback_mode: false,
+            uses_back: false,
+            backs: AtomicU32::new(0),
+            in_call: AtomicU32::new(0),
+            max_in_call: AtomicU32::new(0),
         }
     }
 
@@ -192,8 +214,14 @@ impl Vendor {
 
     async fn answer(&self, req: &VendorRequest<'_>) -> Result<Submission, VendorError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if req.back_image.is_some() {
+            self.backs.fetch_add(1, Ordering::SeqCst);
+        }
+        let now = self.in_call.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_call.fetch_max(now, Ordering::SeqCst);
         let latency = *self.latency.lock().unwrap();
         tokio::time::sleep(latency).await;
+        self.in_call.fetch_sub(1, Ordering::SeqCst);
         let next = self.answers.lock().unwrap().pop_front();
         match next.unwrap_or(Answer::Score(self.fallback)) {
             Answer::Score(s) => Ok(Submission::Answered(assessment(req.signals, s))),
@@ -255,6 +283,10 @@ impl Provider for Vendor {
 
     fn has_callback_mode(&self, check: Check) -> bool {
         self.callback_mode && check == Check::Document
+    }
+
+    fn uses_back_image(&self) -> bool {
+        self.uses_back
     }
 
     async fn submit_for_callback(

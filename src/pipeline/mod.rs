@@ -73,6 +73,8 @@ pub struct PipelineConfig {
     pub routing: Routing,
     pub max_job_bytes: usize,
     pub max_image_bytes: u64,
+    /// The byte budget of images held at once (`Fetcher::reserve`).
+    pub max_image_bytes_in_flight: u64,
     pub job_deadline: Duration,
     pub attempts_per_delivery: u32,
     pub initial_backoff: Duration,
@@ -100,6 +102,7 @@ impl PipelineConfig {
             routing: c.routing(),
             max_job_bytes: c.worker.max_job_bytes,
             max_image_bytes: c.worker.max_image_bytes.get(),
+            max_image_bytes_in_flight: c.worker.max_image_bytes_in_flight.get(),
             job_deadline: c.worker.job_deadline,
             attempts_per_delivery: c.retry.attempts_per_delivery.get(),
             initial_backoff: c.retry.initial_backoff,
@@ -155,7 +158,12 @@ impl Pipeline {
             metrics.clone(),
         );
         Pipeline {
-            fetch: fetch::Fetcher::new(images, cfg.backoff(), metrics.clone()),
+            fetch: fetch::Fetcher::new(
+                images,
+                cfg.backoff(),
+                metrics.clone(),
+                cfg.max_image_bytes_in_flight,
+            ),
             vendors: call::Vendors::new(
                 providers,
                 gate,
@@ -233,6 +241,11 @@ impl Pipeline {
     /// What this replica sees of each vendor now (for the fleet heartbeat).
     pub fn vendor_states(&self) -> Vec<crate::coordination::VendorState> {
         self.vendors.states()
+    }
+
+    /// `worker.max_job_bytes`: larger bodies are refused unparsed.
+    pub fn max_job_bytes(&self) -> usize {
+        self.cfg.max_job_bytes
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -9,7 +9,7 @@
 use super::context::{Signals, StepContext};
 use super::disposition::{Disposition, Finished};
 use super::failure::{Echo, Failed, now_rfc3339};
-use super::verify::{Verified, image_info};
+use super::verify::Verified;
 use super::{Pipeline, ladder};
 use crate::domain::Check;
 use crate::domain::carried::Carried;
@@ -36,12 +36,12 @@ impl Incoming {
         self.parsed.as_ref().ok().map(|p| &p.job.job_id)
     }
 
-    /// The job_id to log: the valid one, or a shortened hint of an invalid
-    /// one.
-    pub fn job_id_hint(&self) -> Option<&str> {
+    /// The job_id to log: the valid one, or an escaped, shortened hint of
+    /// an invalid one.
+    pub fn job_id_hint(&self) -> Option<std::borrow::Cow<'_, str>> {
         match &self.parsed {
-            Ok(p) => Some(p.job.job_id.as_str()),
-            Err(e) => e.job_id_hint(),
+            Ok(p) => Some(p.job.job_id.as_str().into()),
+            Err(e) => e.job_id_hint().map(Into::into),
         }
     }
 
@@ -198,7 +198,7 @@ impl Pipeline {
                     job,
                     provider,
                     assessment,
-                    image_info(&image),
+                    image,
                     attempts,
                     Timings {
                         fetch: fetch_ms,

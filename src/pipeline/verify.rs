@@ -33,7 +33,9 @@ pub(super) enum Verified {
     Fresh {
         assessment: Assessment,
         provider: ProviderName,
-        image: Image,
+        /// What the result says of the image (its bytes are gone, and
+        /// their room in the image budget given back).
+        image: ImageInfo,
         back_sha256: Option<String>,
         fetch_ms: u64,
         vendor_ms: u64,
@@ -85,29 +87,45 @@ impl Pipeline {
             .map_or(self.cfg.max_image_bytes, |l| {
                 l.min(self.cfg.max_image_bytes)
             });
+        // A back image the vendor does not use is neither fetched nor held.
+        let uses_back = provider.uses_back_image();
+        let back_uri = job.back_image.as_ref().filter(|_| uses_back);
+        let held = |image_bytes: u64| image_bytes + provider.encoded_copy_bytes(image_bytes);
         let fetch_started = Instant::now();
         let fetch = async {
+            // Room for the images at the largest size they may have, then
+            // only for what they turned out to be.
+            let images = 1 + u64::from(back_uri.is_some());
+            let mut reserved = self
+                .fetch
+                .reserve(held(limit) * images, deadline, &ctx.signals.stop)
+                .await?;
             let image = self
                 .fetch
                 .fetch("image", &job.image, limit, deadline)
                 .await?;
-            let back = match &job.back_image {
+            let back = match back_uri {
                 Some(uri) => Some(self.fetch.fetch("back_image", uri, limit, deadline).await?),
                 None => None,
             };
-            Ok::<_, Failed>((image, back))
+            reserved.shrink_to(
+                held(image.bytes.len() as u64)
+                    + back.as_ref().map_or(0, |b| held(b.bytes.len() as u64)),
+            );
+            Ok::<_, Failed>((image, back, reserved))
         };
         // The claim and the lookup run while the image downloads: they need
         // only the job_id.
         let claimed = self.claim_and_look_up(job, provider_name, deadline);
         let (fetched, claimed) = tokio::join!(fetch, claimed);
-        let (image, back) = fetched?;
+        // Held until this function returns, with the images.
+        let (image, back, _reserved) = fetched?;
         let fetch_ms = fetch_started.elapsed().as_millis() as u64;
         let back_sha256 = back.as_ref().map(|b| b.sha256.clone());
         let claim = match claimed? {
             Claimed::Free(claim) => claim,
             Claimed::Stored(stored) => {
-                return match stored.answers(job, &image.sha256, back_sha256.as_deref()) {
+                return match stored.answers(job, &image.sha256, back_sha256.as_deref(), uses_back) {
                     Ok(()) => Ok(Verified::Stored(stored)),
                     Err(why) => Err(self.conflict(job, &stored, &why)),
                 };
@@ -204,7 +222,7 @@ impl Pipeline {
                 Ok(Verified::Fresh {
                     assessment,
                     provider: provider_name,
-                    image,
+                    image: image_info(&image),
                     back_sha256,
                     fetch_ms,
                     vendor_ms,

@@ -4,7 +4,10 @@
 
 pub mod argos;
 pub mod didit;
+pub mod http;
 pub mod intellicheck;
+
+pub use http::VendorHttp;
 
 use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::dead_letter::FailureClass;
@@ -132,6 +135,19 @@ impl VendorError {
         Self::new(ErrorKind::Credentials, message)
     }
 
+    /// The error with its texts fit for a dead letter, an audit record or a
+    /// log line: whatever the adapter quoted of the vendor, cleaned of
+    /// control characters and cut (see [`crate::domain::text::clean`]).
+    pub fn sanitized(mut self) -> Self {
+        use crate::domain::text::{VENDOR_CODE_CHARS, VENDOR_MESSAGE_CHARS, clean};
+        self.message = clean(&self.message, VENDOR_MESSAGE_CHARS);
+        self.vendor_code = self
+            .vendor_code
+            .map(|c| clean(&c, VENDOR_CODE_CHARS))
+            .filter(|c| !c.is_empty());
+        self
+    }
+
     pub fn with_status(mut self, status: u16) -> Self {
         self.http_status = Some(status);
         self
@@ -202,6 +218,17 @@ pub trait Provider: Send + Sync + 'static {
     /// The vendor's own image size limit, when lower than ours.
     fn max_image_bytes(&self) -> Option<u64> {
         None
+    }
+    /// Whether a job's `back_image` goes to this vendor. When not, the
+    /// worker never fetches it.
+    fn uses_back_image(&self) -> bool {
+        false
+    }
+    /// Bytes a request holds on top of an image of `image_bytes` (an
+    /// encoded copy built in memory), for the image budget. Adapters that
+    /// stream the image from the fetched bytes hold none.
+    fn encoded_copy_bytes(&self, _image_bytes: u64) -> u64 {
+        0
     }
     /// One verification attempt. A vendor that could not analyse the image
     /// answers `Ok` with an inconclusive assessment: that is a result.

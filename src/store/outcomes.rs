@@ -42,12 +42,15 @@ pub struct StoredOutcome {
 impl StoredOutcome {
     /// Whether this outcome answers `job` with these images: the same
     /// check, the vendor the job named (if it named one), and the same image
-    /// digests. Otherwise why not, in words for the dead letter.
+    /// digests (the back image's only when `compare_back`: a vendor that
+    /// does not use it has it neither fetched nor hashed). Otherwise why
+    /// not, in words for the dead letter.
     pub fn answers(
         &self,
         job: &Job,
         image_sha256: &str,
         back_image_sha256: Option<&str>,
+        compare_back: bool,
     ) -> Result<(), String> {
         let back = |b: Option<&str>| b.map_or(String::new(), |b| format!(" (back {b})"));
         if self.result.check != job.check {
@@ -65,7 +68,7 @@ impl StoredOutcome {
             ));
         }
         if self.image_sha256 != image_sha256
-            || self.back_image_sha256.as_deref() != back_image_sha256
+            || (compare_back && self.back_image_sha256.as_deref() != back_image_sha256)
         {
             return Err(format!(
                 "the stored outcome is for image sha256 {}{}, this job's image has sha256 {image_sha256}{}",

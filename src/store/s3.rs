@@ -4,7 +4,7 @@ use super::outcomes::{
     OUTCOME_SCHEMA, PENDING_SCHEMA, PendingSubmission, attempts_key, outcome_key, pending_key,
 };
 use super::{AttemptLog, FetchError, ImageStore, OutcomeError, OutcomeStore, StoredOutcome};
-use crate::config::S3Config;
+use crate::config::{ResultsConfig, S3Config};
 use crate::domain::job::{JobId, S3Uri};
 use async_trait::async_trait;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -78,12 +78,13 @@ impl S3Store {
         &self.client
     }
 
-    /// The results store in `bucket` under `prefix`, on this connection.
-    pub fn outcomes(&self, bucket: &str, prefix: &str) -> S3Outcomes {
+    /// The results store `cfg` names, on this connection.
+    pub fn outcomes(&self, cfg: &ResultsConfig) -> S3Outcomes {
         S3Outcomes {
             client: self.client.clone(),
-            bucket: bucket.to_owned(),
-            prefix: prefix.to_owned(),
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            max_record_bytes: cfg.max_record_bytes,
         }
     }
 
@@ -242,6 +243,8 @@ pub struct S3Outcomes {
     client: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
+    /// `results.max_record_bytes`: larger records are not read.
+    max_record_bytes: u64,
 }
 
 impl S3Outcomes {
@@ -271,17 +274,34 @@ impl S3Outcomes {
                 )));
             }
         };
-        let body = out.body.collect().await.map_err(|e| {
-            OutcomeError::Unavailable(format!("reading s3://{}/{key} failed: {e}", self.bucket))
-        })?;
-        serde_json::from_slice(&body.into_bytes())
-            .map(Some)
-            .map_err(|e| {
-                OutcomeError::Corrupt(format!(
-                    "s3://{}/{key} is not a readable {schema} record ({e})",
-                    self.bucket
-                ))
-            })
+        let max = self.max_record_bytes;
+        let too_large = |size: String| {
+            OutcomeError::Corrupt(format!(
+                "s3://{}/{key} is {size}, over results.max_record_bytes ({max}); it was not read",
+                self.bucket
+            ))
+        };
+        let declared = out.content_length().unwrap_or(0).max(0) as u64;
+        if declared > max {
+            return Err(too_large(format!("{declared} bytes")));
+        }
+        let mut stream = out.body;
+        let mut body = BytesMut::with_capacity(declared as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                OutcomeError::Unavailable(format!("reading s3://{}/{key} failed: {e}", self.bucket))
+            })?;
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(too_large(format!("more than {max} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
+            OutcomeError::Corrupt(format!(
+                "s3://{}/{key} is not a readable {schema} record ({e})",
+                self.bucket
+            ))
+        })
     }
 
     /// Start-up check: a missing bucket is a configuration error (every job

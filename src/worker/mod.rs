@@ -18,13 +18,12 @@ use crate::config::Config;
 use crate::coordination::Coordination;
 use crate::domain::job::JobId;
 use crate::pipeline::{CallbackSettings, Finished, Incoming, Pipeline, PipelineConfig, Signals};
-use crate::providers::Provider;
 use crate::providers::argos::Argos;
 use crate::providers::didit::Didit;
 use crate::providers::intellicheck::Intellicheck;
+use crate::providers::{Provider, VendorHttp};
 use crate::store::S3Store;
 use crate::telemetry::{Metrics, Telemetry};
-use anyhow::Context as _;
 use bytes::Bytes;
 use finish::{Finisher, JobMessage};
 use futures_util::StreamExt as _;
@@ -38,24 +37,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-/// The one HTTP client every vendor adapter shares: HTTP/1.1 with a
-/// keep-alive pool, one connection per request in flight. HTTP/2 would put
-/// every in-flight upload of several megabytes on one TCP connection and
-/// its flow-control window; vendors are HTTP/1.1-first anyway.
-pub fn vendor_http_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
-    crate::install_crypto_provider();
-    reqwest::Client::builder()
-        .connect_timeout(cfg.providers.connect_timeout)
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(cfg.providers.pool_max_idle_per_host)
-        .user_agent(concat!("liveness-worker/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("cannot build the vendor HTTP client")
-}
-
 /// The pipeline with its real S3 store and vendor adapters.
 pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Pipeline>> {
-    let http = vendor_http_client(cfg)?;
+    let http = VendorHttp::new(&cfg.providers)?;
     let store = S3Store::new(&cfg.s3).await;
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     if !cfg.providers.argos.api_key.is_empty() {
@@ -75,8 +59,7 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
             "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY), providers.intellicheck.signing_key or providers.didit.api_key"
         );
     }
-    let outcomes = (!cfg.results.bucket.is_empty())
-        .then(|| store.outcomes(&cfg.results.bucket, &cfg.results.prefix));
+    let outcomes = (!cfg.results.bucket.is_empty()).then(|| store.outcomes(&cfg.results));
     let mut pipeline = Pipeline::new(
         PipelineConfig::from_config(cfg),
         Arc::new(store),
@@ -154,7 +137,11 @@ pub async fn run(
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     if pipeline.callbacks().is_some() {
-        let receiver = Arc::new(receiver::Receiver::new(pipeline.clone(), finisher.clone()));
+        let receiver = Arc::new(receiver::Receiver::new(
+            pipeline.clone(),
+            finisher.clone(),
+            cfg.callbacks.clone(),
+        ));
         receiver::serve(
             cfg.providers.argos.callback_listen,
             receiver,
@@ -431,7 +418,13 @@ impl Job {
             metrics.queue_wait(Duration::from_secs(now.saturating_sub(*sent)));
         }
         let body = Bytes::from(data);
-        let (carried, provenance) = headers::carried(&properties, self.finisher.state_key(), &body);
+        // A body over the size limit is dead-lettered unparsed; no worker
+        // wrote progress for one, so it is not even hashed.
+        let (carried, provenance) = if body.len() > self.pipeline.max_job_bytes() {
+            (Default::default(), Provenance::Fresh)
+        } else {
+            headers::carried(&properties, self.finisher.state_key(), &body)
+        };
         let mut incoming = self.pipeline.parse(
             &body,
             0,
@@ -439,7 +432,7 @@ impl Job {
             properties.correlation_id().as_ref().map(|c| c.to_string()),
         );
         incoming.signals = self.signals.clone();
-        let span = tracing::info_span!("job", job_id = %incoming.job_id_hint().unwrap_or(""));
+        let span = tracing::info_span!("job", job_id = %incoming.job_id_hint().unwrap_or_default());
         async move {
             if provenance == Provenance::Refused {
                 tracing::warn!("The job carries x-liveness-* progress headers the worker did not write (or for another body); they are ignored and it runs as a fresh job");

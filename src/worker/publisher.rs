@@ -1,7 +1,8 @@
 //! The worker's publishing connection: its own connection and confirm
 //! channel, opened when first needed and again after a failure. Jobs
 //! publish concurrently on the one channel; the lock is held only to
-//! (re)connect, never across a confirm.
+//! (re)connect, bounded by `broker.connect_timeout`, never across a confirm
+//! or a close.
 //!
 //! Every publish is mandatory: a message no queue would receive comes back
 //! and is a failure, never a silent loss. A failed publish is retried with
@@ -43,8 +44,8 @@ struct Link {
     generation: u64,
 }
 
-/// How long connecting may take before the publish counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing a broken connection may take (outside the lock).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two tries of one publish.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -89,7 +90,8 @@ impl Publisher {
         {
             return Ok((ch.clone(), link.generation));
         }
-        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let connect_timeout = self.cfg.connect_timeout;
+        let opened = tokio::time::timeout(connect_timeout, async {
             let conn = broker::connect(&self.cfg).await?;
             let ch = broker::confirm_channel(&conn).await?;
             Ok::<_, anyhow::Error>((conn, ch))
@@ -100,7 +102,7 @@ impl Publisher {
             Ok(Err(e)) => return Err(PublishError::Channel(format!("{e:#}"))),
             Err(_) => {
                 return Err(PublishError::Channel(format!(
-                    "could not connect to RabbitMQ within {CONNECT_TIMEOUT:?}"
+                    "could not connect to RabbitMQ within broker.connect_timeout ({connect_timeout:?})"
                 )));
             }
         };
@@ -111,11 +113,19 @@ impl Publisher {
 
     /// Forgets the channel of `generation` after it failed.
     async fn broken(&self, generation: u64) {
-        let mut link = self.link.lock().await;
-        if link.generation == generation
-            && let Some((conn, _)) = link.open.take()
-        {
-            let _ = conn.close(200, "reconnecting".into()).await;
+        let stale = {
+            let mut link = self.link.lock().await;
+            if link.generation == generation {
+                link.open.take()
+            } else {
+                None
+            }
+        };
+        // Closed outside the lock and within a bound: a broker that does
+        // not answer must not hold up the publishes that reconnect.
+        if let Some((conn, _)) = stale {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "reconnecting".into())).await;
         }
     }
 

@@ -439,3 +439,206 @@ async fn another_replica_completes_a_job_whose_submitter_died() {
     assert_eq!(t.calls().await["argos"]["submissions"], 1, "paid once");
     t.finish().await;
 }
+
+/// Reads until the peer closes the connection or answers; returns what it
+/// said (empty when it closed without a word), or None if it is still open
+/// after `within`.
+async fn answer_or_close(s: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.ok()?;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The real binary in callback mode with tight receiver limits: a client
+/// that sends its head byte by byte, one that never finishes its body and
+/// idle connections are each cut off within the configured bound, and
+/// other clients are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_callback_clients_are_cut_off_and_others_still_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let t = TestEnv::new("cb-slow", "").await;
+    let port = free_port();
+    let worker = t
+        .spawn_worker_process(&[
+            (
+                "LIVENESS_PROVIDERS__ARGOS__BASE_URL",
+                format!("{}/modules", t.emulator.base_url()),
+            ),
+            (
+                "LIVENESS_PROVIDERS__ARGOS__API_KEY",
+                t.cfg.providers.argos.api_key.expose().to_owned(),
+            ),
+            ("LIVENESS_PROVIDERS__ARGOS__MODE", "callback".into()),
+            (
+                "LIVENESS_PROVIDERS__ARGOS__CALLBACK_PUBLIC_URL",
+                format!("http://127.0.0.1:{port}"),
+            ),
+            (
+                "LIVENESS_PROVIDERS__ARGOS__CALLBACK_LISTEN",
+                format!("127.0.0.1:{port}"),
+            ),
+            ("LIVENESS_PROVIDERS__ARGOS__CALLBACK_SECRET", SECRET.into()),
+            ("LIVENESS_CALLBACKS__HEADER_TIMEOUT", "1s".into()),
+            ("LIVENESS_CALLBACKS__BODY_TIMEOUT", "1s".into()),
+            ("LIVENESS_CALLBACKS__MAX_CONNECTIONS", "3".into()),
+            ("LIVENESS_CALLBACKS__MAX_BODY_BYTES", "4096".into()),
+            ("LIVENESS_CALLBACKS__REQUEST_TIMEOUT", "1s".into()),
+        ])
+        .await;
+    let addr = format!("127.0.0.1:{port}");
+    let connect = async || tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let now = callbacks::unix_now();
+    let token = callbacks::sign(
+        SECRET.as_bytes(),
+        ProviderName::Argos,
+        "slow-1",
+        1,
+        now + 600,
+    );
+    let path = format!(
+        "/callbacks/argos/slow-1/1?expires={}&token={token}",
+        now + 600
+    );
+    // A forged callback: answered 401 at once, whatever else is going on.
+    let quick = async || {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            reqwest::Client::new()
+                .post(format!(
+                    "http://{addr}/callbacks/argos/x/1?expires=1&token=00"
+                ))
+                .body("{}")
+                .send(),
+        )
+        .await
+        .expect("served while slow clients hold connections")
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+
+    // 1. A head sent one byte every 300 ms: the connection is closed
+    //    (header_timeout 1 s), well before the head could have finished.
+    let mut slow_head = connect().await;
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{{}}");
+    let started = std::time::Instant::now();
+    let trickle = async {
+        for b in head.as_bytes() {
+            if slow_head.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if started.elapsed() > Duration::from_secs(15) {
+                return false;
+            }
+        }
+        false
+    };
+    // Meanwhile another client is served.
+    let (cut_off, status) = tokio::join!(trickle, quick());
+    assert!(
+        cut_off,
+        "the slow head was still accepted after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 401);
+
+    // 2. A head at once, then a body that never completes: 408 within
+    //    the bound (body_timeout 1 s).
+    let mut slow_body = connect().await;
+    slow_body
+        .write_all(
+            format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"a\":")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answer = answer_or_close(&mut slow_body, Duration::from_secs(10))
+        .await
+        .expect("answered within 10 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert_eq!(quick().await, 401);
+
+    // 3. A body over max_body_bytes: 413 without it being read.
+    let mut big = connect().await;
+    big.write_all(
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = answer_or_close(&mut big, Duration::from_secs(10))
+        .await
+        .expect("answered within 10 s");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+
+    // 4. max_connections (3) idle connections: a fourth client waits for a
+    //    slot, which the header timeout frees; it is then served.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(connect().await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(quick().await, 401);
+    for mut c in idle {
+        let closed = answer_or_close(&mut c, Duration::from_secs(10)).await;
+        assert!(closed.is_some(), "an idle connection stayed open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // 5. A valid callback whose settling outlasts request_timeout (1 s):
+    //    its job's claim is held elsewhere, which the receiver would wait
+    //    5 s for. It is answered 503 with Retry-After at the timeout.
+    use liveness_worker::coordination::{Claims as _, Coordination};
+    let redis = Coordination::connect(&t.cfg.coordination, &t.cfg.broker.prefix).unwrap();
+    let job = liveness_worker::domain::job::JobId::parse("slow-1").unwrap();
+    redis
+        .try_claim(&job, "another-replica", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(answer.status().as_u16(), 503);
+    assert_eq!(answer.headers()["retry-after"], "30");
+    assert!(
+        took < Duration::from_millis(4500),
+        "answered after {took:?}"
+    );
+    redis.release(&job, "another-replica").await.unwrap();
+
+    let text = worker.metrics().await;
+    assert!(
+        series(&text, r#"liveness_callbacks_total{outcome="refused"}"#).unwrap_or(0.0) >= 5.0,
+        "{text}"
+    );
+    let logs = worker.stop().await;
+    assert!(
+        logs.contains("outlasted callbacks.request_timeout"),
+        "{logs}"
+    );
+    t.finish().await;
+}

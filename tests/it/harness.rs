@@ -501,8 +501,8 @@ pub fn corr(p: &BasicProperties) -> Option<String> {
     p.correlation_id().as_ref().map(ShortString::to_string)
 }
 
-/// The real `liveness-worker run` binary on this test's queues and results
-/// prefix, logging JSON at debug level, with its metrics on a random port.
+/// The real `liveness-worker run` binary on this test's queues, results
+/// prefix and coordination store, logging JSON at debug level, with its metrics on a random port.
 /// Its output is read as it runs (a verbose worker would otherwise block on
 /// a full pipe).
 pub struct WorkerProcess {
@@ -529,6 +529,10 @@ impl TestEnv {
                 env("LIVENESS_TEST_RESULTS_BUCKET"),
             )
             .env("LIVENESS_RESULTS__PREFIX", format!("{}/", self.prefix))
+            .env(
+                "LIVENESS_COORDINATION__REDIS_URL",
+                env("LIVENESS_TEST_REDIS_URL"),
+            )
             .env(
                 "LIVENESS_WORKER__ALLOWED_BUCKETS",
                 format!(r#"["{}"]"#, images_bucket()),

@@ -896,7 +896,11 @@ async fn intellicheck_adapter_response_signature_policies() {
             emu.base_url()
         ))
         .unwrap();
-        Intellicheck::new(reqwest::Client::new(), &cfg.providers.intellicheck).unwrap()
+        Intellicheck::new(
+            liveness_worker::providers::VendorHttp::new(&cfg.providers).unwrap(),
+            &cfg.providers.intellicheck,
+        )
+        .unwrap()
     };
     let admin = async |signing: &str| {
         let r = reqwest::Client::new()

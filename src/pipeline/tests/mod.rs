@@ -2,6 +2,7 @@
 //! a paused tokio clock, one test per disposition. Backoffs, vendor latency
 //! and the job deadline pass in virtual time, so nothing here sleeps.
 
+mod bounds;
 mod callback;
 mod claims;
 
@@ -27,6 +28,7 @@ fn config() -> PipelineConfig {
         },
         max_job_bytes: 65536,
         max_image_bytes: 1 << 20,
+        max_image_bytes_in_flight: 64 << 20,
         job_deadline: Duration::from_secs(20),
         attempts_per_delivery: 3,
         initial_backoff: Duration::from_millis(100),

@@ -9,7 +9,7 @@ use crate::config::ArgosConfig;
 use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::bands::Bands;
 use crate::domain::{Check, ProviderName, SignalName};
-use crate::providers::{Provider, Submission, VendorError, VendorRequest, retry_after};
+use crate::providers::{Provider, Submission, VendorError, VendorHttp, VendorRequest, retry_after};
 use async_trait::async_trait;
 use body::Base64JsonBody;
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use wire::{Accepted, DocumentRequestTail, DocumentResponse, FaceResponse, Pipelines};
 
 pub struct Argos {
-    http: reqwest::Client,
+    http: VendorHttp,
     document_url: String,
     face_url: String,
     api_key: reqwest::header::HeaderValue,
@@ -28,7 +28,7 @@ pub struct Argos {
 }
 
 impl Argos {
-    pub fn new(http: reqwest::Client, cfg: &ArgosConfig) -> anyhow::Result<Self> {
+    pub fn new(http: VendorHttp, cfg: &ArgosConfig) -> anyhow::Result<Self> {
         let mut api_key =
             reqwest::header::HeaderValue::from_str(cfg.api_key.expose()).map_err(|_| {
                 anyhow::anyhow!(
@@ -74,23 +74,16 @@ impl Argos {
         url: &str,
         body: Base64JsonBody,
     ) -> Result<(u16, Option<Duration>, Bytes), VendorError> {
-        let resp = self
+        let req = self
             .http
+            .client()
             .post(url)
             .timeout(self.timeout)
             .header("x-api-key", self.api_key.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(reqwest::Body::wrap(body))
-            .send()
-            .await
-            .map_err(|e| VendorError::from_transport(ProviderName::Argos, &e))?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after(resp.headers());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| VendorError::from_transport(ProviderName::Argos, &e))?;
-        Ok((status, retry_after, bytes))
+            .body(reqwest::Body::wrap(body));
+        let a = self.http.send(ProviderName::Argos, req).await?;
+        Ok((a.status, retry_after(&a.headers), a.body))
     }
 }
 
@@ -251,7 +244,7 @@ mod tests {
             .argos;
         cfg.base_url = format!("http://{addr}/modules").parse().unwrap();
         cfg.api_key = crate::config::Secret::new("k");
-        let argos = Argos::new(reqwest::Client::new(), &cfg).unwrap();
+        let argos = Argos::new(crate::providers::VendorHttp::for_tests(), &cfg).unwrap();
         let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let image = Image {
             uri: "s3://b/k.png".into(),
@@ -281,5 +274,60 @@ mod tests {
             v["faceImage"],
             base64::engine::general_purpose::STANDARD.encode(&bytes)
         );
+    }
+
+    /// The client follows no redirect: the key stays with the configured
+    /// host, and the 3xx is an outage naming where it pointed.
+    #[tokio::test]
+    async fn a_redirect_is_an_outage_and_the_key_stays_home() {
+        crate::install_crypto_provider();
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = s.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nlocation: https://{target}/x\r\ncontent-length: 0\r\n\r\n"
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        });
+        let mut cfg = crate::config::Config::from_toml("")
+            .unwrap()
+            .providers
+            .argos;
+        cfg.base_url = format!("http://{addr}/modules").parse().unwrap();
+        cfg.api_key = crate::config::Secret::new("sk-must-not-travel");
+        let argos = Argos::new(VendorHttp::for_tests(), &cfg).unwrap();
+        let image = Image {
+            uri: "s3://b/k.png".into(),
+            bytes: Bytes::from_static(b"\x89PNG\r\n\x1a\n"),
+            content_type: "image/png",
+            sha256: String::new(),
+        };
+        let job_id = crate::domain::job::JobId::parse("j").unwrap();
+        let req = VendorRequest {
+            job_id: &job_id,
+            check: Check::Face,
+            signals: &[],
+            image: &image,
+            back_image: None,
+            metadata: None,
+        };
+        let e = argos.verify(&req).await.unwrap_err();
+        assert!(e.is_outage(), "{e}");
+        assert!(
+            e.message.contains(&format!(
+                "argos answered HTTP 302, a redirect to https://{target}"
+            )),
+            "{}",
+            e.message
+        );
+        let hit =
+            tokio::time::timeout(std::time::Duration::from_millis(500), elsewhere.accept()).await;
+        assert!(hit.is_err(), "the redirect target was contacted");
     }
 }

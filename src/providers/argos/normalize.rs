@@ -134,7 +134,13 @@ pub fn error_response(
         ));
     };
     let fields = fields.unwrap_or_default();
-    let vendor_message = fields.message.clone().unwrap_or_default();
+    // The vendor's words go into reasons, dead letters and logs: cleaned and cut.
+    let vendor_message = fields
+        .message
+        .as_deref()
+        .and_then(crate::providers::http::vendor_text)
+        .unwrap_or_default();
+    let code = crate::domain::text::clean(&code, crate::domain::text::VENDOR_CODE_CHARS);
     let kind = match code.as_str() {
         "1009" | "1017" => {
             let what = if code == "1009" { "document" } else { "face" };

@@ -7,7 +7,7 @@ pub mod wire;
 use crate::config::DiditConfig;
 use crate::domain::ProviderName;
 use crate::domain::assessment::Assessment;
-use crate::providers::{Image, Provider, VendorError, VendorRequest, retry_after};
+use crate::providers::{Image, Provider, VendorError, VendorHttp, VendorRequest, retry_after};
 use async_trait::async_trait;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use wire::Report;
 
 pub struct Didit {
-    http: reqwest::Client,
+    http: VendorHttp,
     url: String,
     api_key: reqwest::header::HeaderValue,
     timeout: Duration,
@@ -27,7 +27,7 @@ pub struct Didit {
 }
 
 impl Didit {
-    pub fn new(http: reqwest::Client, cfg: &DiditConfig) -> anyhow::Result<Self> {
+    pub fn new(http: VendorHttp, cfg: &DiditConfig) -> anyhow::Result<Self> {
         let mut api_key =
             reqwest::header::HeaderValue::from_str(cfg.api_key.expose()).map_err(|_| {
                 anyhow::anyhow!(
@@ -119,22 +119,16 @@ impl Provider for Didit {
     }
 
     async fn verify(&self, req: &VendorRequest<'_>) -> Result<Assessment, VendorError> {
-        let resp = self
+        let request = self
             .http
+            .client()
             .post(&self.url)
             .timeout(self.timeout)
             .header("x-api-key", self.api_key.clone())
             .header(reqwest::header::ACCEPT, "application/json")
-            .multipart(self.form(req.image, req.metadata))
-            .send()
-            .await
-            .map_err(|e| VendorError::from_transport(ProviderName::Didit, &e))?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after(resp.headers());
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| VendorError::from_transport(ProviderName::Didit, &e))?;
+            .multipart(self.form(req.image, req.metadata));
+        let a = self.http.send(ProviderName::Didit, request).await?;
+        let (status, retry_after, body) = (a.status, retry_after(&a.headers), a.body);
         if status != 200 {
             return Err(normalize::error_response(status, &body, retry_after));
         }
@@ -210,7 +204,7 @@ mod tests {
         let mut cfg = Config::from_toml(extra).unwrap().providers.didit;
         cfg.base_url = base_url.parse().unwrap();
         cfg.api_key = Secret::new(key);
-        Didit::new(reqwest::Client::new(), &cfg).unwrap()
+        Didit::new(crate::providers::VendorHttp::for_tests(), &cfg).unwrap()
     }
 
     async fn verify(

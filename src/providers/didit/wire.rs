@@ -186,7 +186,9 @@ pub fn error_text(body: &[u8]) -> Option<String> {
     let obj = v.as_object()?;
     for key in ["detail", "message", "error"] {
         match obj.get(key) {
-            Some(Value::String(s)) if !s.trim().is_empty() => return Some(s.trim().to_owned()),
+            Some(Value::String(s)) if !s.trim().is_empty() => {
+                return crate::providers::http::vendor_text(s);
+            }
             Some(Value::Object(inner)) => {
                 if let Some(text) = field_errors(inner) {
                     return Some(text);
@@ -215,7 +217,7 @@ fn field_errors(obj: &serde_json::Map<String, Value>) -> Option<String> {
             (!text.is_empty()).then(|| format!("{field}: {text}"))
         })
         .collect();
-    (!parts.is_empty()).then(|| parts.join("; "))
+    crate::providers::http::vendor_text(&parts.join("; "))
 }
 
 #[cfg(test)]

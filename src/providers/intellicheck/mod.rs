@@ -9,7 +9,7 @@ pub mod wire;
 use crate::config::{IntellicheckConfig, ResponseSignatures, Secret};
 use crate::domain::ProviderName;
 use crate::domain::assessment::Assessment;
-use crate::providers::{Provider, VendorError, VendorRequest, retry_after};
+use crate::providers::{Provider, VendorError, VendorHttp, VendorRequest, retry_after};
 use async_trait::async_trait;
 use std::time::{Duration, Instant};
 use wire::{
@@ -18,7 +18,7 @@ use wire::{
 };
 
 pub struct Intellicheck {
-    http: reqwest::Client,
+    http: VendorHttp,
     base_url: String,
     customer_id: reqwest::header::HeaderValue,
     signing_key: Secret,
@@ -36,7 +36,7 @@ struct Answer {
 }
 
 impl Intellicheck {
-    pub fn new(http: reqwest::Client, cfg: &IntellicheckConfig) -> anyhow::Result<Self> {
+    pub fn new(http: VendorHttp, cfg: &IntellicheckConfig) -> anyhow::Result<Self> {
         let customer_id =
             reqwest::header::HeaderValue::from_str(&cfg.customer_id).map_err(|_| {
                 anyhow::anyhow!(
@@ -67,28 +67,24 @@ impl Intellicheck {
         let mut signature = reqwest::header::HeaderValue::from_str(&wire::signature(key, &payload))
             .expect("hex is a valid header value");
         signature.set_sensitive(true);
-        let resp = self
+        let req = self
             .http
+            .client()
             .post(format!("{}{path}", self.base_url))
             .timeout(self.timeout)
             .header(HEADER_CUSTOMER_ID, self.customer_id.clone())
             .header(HEADER_SIGNATURE, signature)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "application/json")
-            .body(payload)
-            .send()
-            .await
-            .map_err(|e| VendorError::from_transport(ProviderName::Intellicheck, &e))?;
-        let status = resp.status().as_u16();
-        let wait = retry_after(resp.headers());
-        let signed = resp
-            .headers()
+            .body(payload);
+        let a = self.http.send(ProviderName::Intellicheck, req).await?;
+        let status = a.status;
+        let wait = retry_after(&a.headers);
+        let signed = a
+            .headers
             .get(HEADER_SIGNATURE)
             .map(|v| v.to_str().unwrap_or("").to_owned());
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| VendorError::from_transport(ProviderName::Intellicheck, &e))?;
+        let body = a.body;
         if !(200..300).contains(&status) {
             return Err(normalize::error_response(path, status, &body, wait));
         }
@@ -149,6 +145,8 @@ impl Intellicheck {
             }
         };
         if let Some(message) = a.envelope.failed() {
+            let message =
+                crate::domain::text::clean(&message, crate::domain::text::VENDOR_TEXT_CHARS);
             return Err(VendorError::outage(format!(
                 "intellicheck answered success false at {path} for transaction {txn}: {message}; it will be retried"
             ))
@@ -207,6 +205,17 @@ impl Intellicheck {
 impl Provider for Intellicheck {
     fn name(&self) -> ProviderName {
         ProviderName::Intellicheck
+    }
+
+    fn uses_back_image(&self) -> bool {
+        true
+    }
+
+    /// Each image goes out base64-encoded inside a JSON envelope that is
+    /// base64-encoded again: (4/3)^2 = 16/9 of the image, built whole
+    /// before it is sent.
+    fn encoded_copy_bytes(&self, image_bytes: u64) -> u64 {
+        image_bytes.saturating_mul(16).div_ceil(9) + 1024
     }
 
     /// Document liveness only; the selfie signal is a face match, not liveness.

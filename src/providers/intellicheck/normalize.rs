@@ -256,16 +256,7 @@ fn error_text(body: &[u8]) -> Option<String> {
             .filter(|t| !t.is_empty() && !t.starts_with('<'))
             .map(str::to_owned)
     }?;
-    let mut text = scrub(&text);
-    if text.len() > 200 {
-        let cut = (0..=200)
-            .rev()
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        text.truncate(cut);
-        text.push('…');
-    }
-    Some(text)
+    crate::providers::http::vendor_text(&scrub(&text))
 }
 
 /// FastAPI-style validation items (`[{"loc": [...], "msg": "..."}]`) as
@@ -288,9 +279,9 @@ fn validation_items(items: &[Value]) -> String {
     items.iter().map(one).collect::<Vec<_>>().join("; ")
 }
 
-/// Control characters dropped, and any long run of base64 or hex
-/// characters replaced: a vendor echoing our request must not put image
-/// bytes into a dead letter.
+/// Any long run of base64 or hex characters replaced: a vendor echoing
+/// our request must not put image bytes into a dead letter. (Control
+/// characters and length are [`crate::providers::http::vendor_text`]'s.)
 fn scrub(text: &str) -> String {
     let is_blob = |c: char| c.is_ascii_alphanumeric() || "+/=_-".contains(c);
     let mut out = String::with_capacity(text.len());
@@ -303,7 +294,7 @@ fn scrub(text: &str) -> String {
         }
         run.clear();
     };
-    for c in text.chars().filter(|c| !c.is_control()) {
+    for c in text.chars() {
         if is_blob(c) {
             run.push(c);
         } else {
@@ -764,6 +755,6 @@ mod tests {
             );
         }
         let long = format!(r#"{{"detail":"{}"}}"#, "é".repeat(300));
-        assert!(error_text(long.as_bytes()).unwrap().chars().count() <= 101);
+        assert!(error_text(long.as_bytes()).unwrap().chars().count() <= 201);
     }
 }
