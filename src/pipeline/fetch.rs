@@ -99,7 +99,7 @@ impl Fetcher {
                 Ok(p) => p.expect("the budget semaphore is never closed"),
                 Err(_) => {
                     return Err(Failed::transient(format!(
-                        "no room in the image budget (worker.max_image_bytes_in_flight) for {bytes} bytes of images                          before the job's deadline: this replica holds as many image bytes as it may; the job will be tried again"
+                        "no room in the image budget (worker.max_image_bytes_in_flight) for {bytes} bytes of images before the job's deadline: this replica holds as many image bytes as it may; the job will be tried again"
                     )));
                 }
             },
