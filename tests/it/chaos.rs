@@ -643,14 +643,7 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
         Fault::CloseConnections => {
             for share in [0.25, 0.6] {
                 at(share).await;
-                rabbitmqctl(&[
-                    "-q",
-                    "close_all_connections",
-                    "-p",
-                    &suite.vhost,
-                    "chaos test",
-                ])
-                .await;
+                close_connections(&suite.vhost).await;
             }
         }
         Fault::StopS3(down) => {
@@ -680,14 +673,7 @@ async fn run_scenario(suite: &Suite, name: &str, fault: Fault) -> Report {
         Fault::SlowConnectionLoss => {
             at(0.05).await;
             for _ in 0..6 {
-                rabbitmqctl(&[
-                    "-q",
-                    "close_all_connections",
-                    "-p",
-                    &suite.vhost,
-                    "chaos test",
-                ])
-                .await;
+                close_connections(&suite.vhost).await;
                 tokio::time::sleep(Duration::from_millis(1500)).await;
             }
         }
@@ -927,6 +913,11 @@ fn forged_progress() -> lapin::types::FieldTable {
         AMQPValue::LongString("deadbeef".into()),
     );
     h
+}
+
+/// Force-closes every connection on the suite's vhost.
+async fn close_connections(vhost: &str) {
+    rabbitmqctl(&["-q", "close_all_connections", "-p", vhost, "chaos test"]).await;
 }
 
 /// RabbitMQ's memory alarm, raised by lowering the high watermark: every
