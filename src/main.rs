@@ -67,6 +67,14 @@ enum Command {
     Replay(ops::replay::ReplayArgs),
     /// Queue depths and consumers, dead letters by failure class and vendor.
     Status(ops::status::StatusArgs),
+    /// What the results store knows about one job: outcome, audit records, pending record.
+    Show(ops::show::ShowArgs),
+    /// Publish stored results again (by job_id or completion time), for consumers that lost them.
+    Resend(ops::resend::ResendArgs),
+    /// A deliberate second vendor call: the outcome set aside with a reason, the job enqueued again.
+    Reverify(ops::reverify::ReverifyArgs),
+    /// Remove dead letters selected like replay's, archived to S3 first.
+    Purge(ops::purge::PurgeArgs),
     /// Everything at once on local services: emulator, worker, a few hundred sample jobs, a summary.
     Demo(demo::DemoArgs),
     /// Print or write the JSON Schemas of the job, result and dead-letter messages.
@@ -214,6 +222,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => ops::enqueue::run(&ops_config(&sources)?, args).await,
         Command::Replay(args) => ops::replay::run(&ops_config(&sources)?, args).await,
         Command::Status(args) => ops::status::run(&ops_config(&sources)?, args).await,
+        Command::Show(args) => ops::show::run(&ops_config(&sources)?, args).await,
+        Command::Resend(args) => ops::resend::run(&ops_config(&sources)?, args).await,
+        Command::Reverify(args) => ops::reverify::run(&ops_config(&sources)?, args).await,
+        Command::Purge(args) => ops::purge::run(&ops_config(&sources)?, args).await,
         Command::Schemas { write } => {
             for (name, text) in schema::all() {
                 match &write {

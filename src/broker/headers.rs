@@ -31,6 +31,12 @@ pub const H_AWAITING_CALLBACK: &str = "x-liveness-awaiting-callback";
 /// Set by `replay`: how many times the job was replayed, and when last.
 pub const H_REPLAYS: &str = "x-liveness-replays";
 pub const H_REPLAYED_AT: &str = "x-liveness-replayed-at";
+/// Set by `resend` on a result published again from the results store.
+pub const H_RESENT: &str = "x-liveness-resent";
+pub const H_RESENT_AT: &str = "x-liveness-resent-at";
+/// Set by `reverify` on a job enqueued again for a deliberate second call.
+pub const H_REVERIFY_REASON: &str = "x-liveness-reverify-reason";
+pub const H_REVERIFIED_AT: &str = "x-liveness-reverified-at";
 /// The HMAC that authenticates the progress headers.
 pub const H_STATE_MAC: &str = "x-liveness-state-mac";
 
@@ -106,8 +112,10 @@ fn broker_owned(key: &str) -> bool {
         || key.starts_with("x-last-death")
 }
 
+/// Headers the operator commands set on a job (`replay`, `reverify`):
+/// carried along with the job, never taken for progress.
 fn replay_header(key: &str) -> bool {
-    key == H_REPLAYS || key == H_REPLAYED_AT
+    key == H_REPLAYS || key == H_REPLAYED_AT || key == H_REVERIFY_REASON || key == H_REVERIFIED_AT
 }
 
 /// Every `x-liveness-*` header is the worker's: the progress headers and the
@@ -304,6 +312,17 @@ pub fn replay_props(original: &BasicProperties, headers: FieldTable) -> BasicPro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reverify_headers_are_not_progress() {
+        let p = props(&[
+            (H_REVERIFY_REASON, AMQPValue::LongString("why".into())),
+            (H_REVERIFIED_AT, AMQPValue::LongString("t".into())),
+        ]);
+        let (_, provenance) = carried(&p, &StateKey::for_tests("k"), b"{}");
+        assert!(matches!(provenance, Provenance::Fresh));
+        assert_eq!(replay_headers(&p).inner().len(), 2, "carried along");
+    }
 
     fn props(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
         let mut h = FieldTable::default();

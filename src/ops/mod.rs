@@ -1,6 +1,10 @@
 //! Operator commands: `enqueue` (JSON lines, or one job per object under an
 //! S3 prefix), `replay` (dead letters or poison messages back to the jobs
-//! queue) and `status` (queue depths, dead letters by class and vendor).
+//! queue), `status` (queue depths, dead letters by class and vendor), and
+//! for one job or a selection: `show` (what the results store knows),
+//! `resend` (stored results published again), `reverify` (a deliberate
+//! second vendor call) and `purge` (dead letters archived to S3, then
+//! removed).
 //!
 //! They take the same configuration as `run`, so they find the broker, the
 //! prefixed names and S3 the way the worker does. Pieces shared here:
@@ -16,14 +20,19 @@
 //!   order): nothing is ever lost.
 //! - [`Progress`]: a progress bar on a terminal, plain lines otherwise.
 //!
-//! Exit codes (docs/operations.md): 0 everything done, 1 some input lines were
-//! invalid, 2 the command could not run, 3 some publishes were not
-//! confirmed, 130 a replay was interrupted.
+//! Exit codes (docs/operations.md): 0 everything done, 1 some input lines
+//! (or job_ids) were invalid or skipped, 2 the command could not run, 3 some
+//! publishes were not confirmed, 4 `show` knows nothing of the job, 130 a
+//! replay or purge was interrupted.
 
 pub mod backfill;
 pub mod enqueue;
 mod publish;
+pub mod purge;
 pub mod replay;
+pub mod resend;
+pub mod reverify;
+pub mod show;
 pub mod status;
 pub mod validate;
 
@@ -45,6 +54,8 @@ pub struct Exit(pub u8);
 pub const EXIT_INVALID: u8 = 1;
 /// Some publishes were not confirmed by the broker.
 pub const EXIT_UNCONFIRMED: u8 = 3;
+/// `show`: nothing at all is known about the job_id.
+pub const EXIT_UNKNOWN: u8 = 4;
 /// Stopped by SIGINT or SIGTERM before the end (the shell's 128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -338,6 +349,37 @@ pub fn plain_line(label: &str, done: u64, total: Option<u64>, elapsed: Duration)
         }
         None => format!("{label}: {done} ({rate:.0}/s)"),
     }
+}
+
+/// The S3 connection and the results store of `cfg`; an error when the
+/// store is disabled (`results.bucket` empty).
+pub async fn results_store(
+    cfg: &crate::config::Config,
+) -> anyhow::Result<(crate::store::S3Store, crate::store::S3Outcomes)> {
+    anyhow::ensure!(
+        !cfg.results.bucket.is_empty(),
+        "the results store is disabled (results.bucket is empty): there is nothing to read"
+    );
+    let s3 = crate::store::S3Store::new(&cfg.s3).await;
+    let outcomes = s3.outcomes(&cfg.results);
+    Ok((s3, outcomes))
+}
+
+/// A flag set by the first SIGINT or SIGTERM: commands that hold messages
+/// stop cleanly at their next step instead of dying.
+pub fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    stop
 }
 
 /// Now, as the worker writes times.

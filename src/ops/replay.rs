@@ -50,13 +50,11 @@ fn class_arg(s: &str) -> Result<String, String> {
     }
 }
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct ReplayArgs {
-    /// The queue to replay from.
-    #[arg(long, value_enum, default_value = "dead")]
-    pub from: Source,
-    /// Failure classes to replay (repeat or separate with commas; `all` for
-    /// every class). Default: the retryable ones (image_not_found,
+/// The dead-letter filters, shared by `replay` and `purge`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Failure classes (repeat or separate with commas; `all` for every
+    /// class). Default for replay: the retryable ones (image_not_found,
     /// retries_exhausted, internal).
     #[arg(long, value_delimiter = ',', value_parser = class_arg)]
     pub class: Vec<String>,
@@ -70,6 +68,15 @@ pub struct ReplayArgs {
     /// Only dead letters that failed at most this long ago.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub newer_than: Option<Duration>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// The queue to replay from.
+    #[arg(long, value_enum, default_value = "dead")]
+    pub from: Source,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// List what would move (JSON lines on stdout); move nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -98,7 +105,9 @@ impl Filter {
     pub fn from_args(a: &ReplayArgs, now: SystemTime) -> anyhow::Result<Filter> {
         if a.from == Source::Poison {
             anyhow::ensure!(
-                a.class.is_empty() && a.older_than.is_none() && a.newer_than.is_none(),
+                a.filter.class.is_empty()
+                    && a.filter.older_than.is_none()
+                    && a.filter.newer_than.is_none(),
                 "--class, --older-than and --newer-than apply to dead letters only: poison messages are raw jobs without a failure record"
             );
         }
@@ -106,6 +115,11 @@ impl Filter {
             a.rate.is_finite() && a.rate >= 0.0,
             "--rate must be a number of messages per second, 0 for no limit"
         );
+        Ok(Filter::new(&a.filter, now))
+    }
+
+    /// The filter the flags describe, ages counted back from `now`.
+    pub fn new(a: &FilterArgs, now: SystemTime) -> Filter {
         let classes = if a.class.is_empty() {
             None
         } else if a.class.iter().any(|c| c == "all") {
@@ -118,12 +132,12 @@ impl Filter {
                     .collect(),
             )
         };
-        Ok(Filter {
+        Filter {
             classes,
             providers: a.provider.clone(),
             failed_before: a.older_than.and_then(|d| now.checked_sub(d)),
             failed_after: a.newer_than.and_then(|d| now.checked_sub(d)),
-        })
+        }
     }
 }
 
@@ -484,17 +498,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         limit: a.limit,
         rate: a.rate,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        flag.store(true, Ordering::Relaxed);
-    });
+    let stop = super::stop_on_signal();
     let r = replay(cfg, &opts, stop).await?;
     let source = match a.from {
         Source::Dead => "dead letters",

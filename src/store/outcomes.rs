@@ -192,6 +192,21 @@ pub fn attempts_key(prefix: &str, job_id: &JobId, first: u32, last: u32) -> Stri
     format!("{prefix}attempts/{job_id}/{first:06}-{last:06}.json")
 }
 
+/// Where every `outcomes/<job_id>.json` lives (for listings).
+pub fn outcomes_prefix(prefix: &str) -> String {
+    format!("{prefix}outcomes/")
+}
+
+/// Where a job's audit records live (for listings).
+pub fn attempts_prefix(prefix: &str, job_id: &JobId) -> String {
+    format!("{prefix}attempts/{job_id}/")
+}
+
+/// Where `reverify` keeps the outcomes it set aside for a job.
+pub fn superseded_prefix(prefix: &str, job_id: &JobId) -> String {
+    format!("{prefix}outcomes-superseded/{job_id}/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

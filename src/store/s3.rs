@@ -109,6 +109,38 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// The size of an object (HEAD), None when it does not exist: how an
+    /// archive written by an operator command is verified before anything
+    /// it holds is deleted.
+    pub async fn size_of(&self, bucket: &str, key: &str) -> anyhow::Result<Option<u64>> {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => anyhow::bail!("HEAD s3://{bucket}/{key}: {}", describe(&e)),
+        }
+    }
+
+    /// Deletes an object (deleting a missing one succeeds).
+    pub async fn delete(&self, bucket: &str, key: &str) -> anyhow::Result<()> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("delete s3://{bucket}/{key}: {}", describe(&e)))?;
+        Ok(())
+    }
+}
+
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedObject {
@@ -248,12 +280,37 @@ pub struct S3Outcomes {
 }
 
 impl S3Outcomes {
+    /// The results bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix inside the results bucket (empty or ending in `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A JSON record, None when there is none.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
         schema: &str,
     ) -> Result<Option<T>, OutcomeError> {
+        let Some(body) = self.get_raw(key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
+            OutcomeError::Corrupt(format!(
+                "s3://{}/{key} is not a readable {schema} record ({e})",
+                self.bucket
+            ))
+        })
+    }
+
+    /// The bytes of any object of the results bucket (at most
+    /// `results.max_record_bytes`), None when there is none: for the
+    /// operator commands, which show and move records as they are stored.
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, OutcomeError> {
         let out = match self
             .client
             .get_object()
@@ -296,12 +353,29 @@ impl S3Outcomes {
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map(Some).map_err(|e| {
-            OutcomeError::Corrupt(format!(
-                "s3://{}/{key} is not a readable {schema} record ({e})",
-                self.bucket
-            ))
-        })
+        Ok(Some(body.to_vec()))
+    }
+
+    /// Every key of the results bucket under `prefix`, in key order (all
+    /// pages: for one job's records, not for a whole listing).
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, OutcomeError> {
+        let store = S3Store {
+            client: self.client.clone(),
+        };
+        let mut token = None;
+        let mut out = Vec::new();
+        loop {
+            let (page, next) = store
+                .list_page(&self.bucket, prefix, token)
+                .await
+                .map_err(|e| OutcomeError::Unavailable(e.to_string()))?;
+            out.extend(page.into_iter().map(|o| o.key));
+            match next {
+                Some(n) => token = Some(n),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// Start-up check: a missing bucket is a configuration error (every job

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 /// A test environment whose topology is declared (no worker runs: the
 /// queues keep what the commands put there).
-async fn env(tag: &str) -> TestEnv {
+pub(crate) async fn env(tag: &str) -> TestEnv {
     let t = TestEnv::new(tag, "").await;
     broker::declare_topology(&t.conn, &t.cfg.broker)
         .await
@@ -30,7 +30,7 @@ async fn env(tag: &str) -> TestEnv {
 }
 
 /// The real binary, configured like `t`'s worker.
-fn bin(t: &TestEnv) -> tokio::process::Command {
+pub(crate) fn bin(t: &TestEnv) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_liveness-worker"));
     c.env("LIVENESS_BROKER__PREFIX", &t.prefix)
         .env(
@@ -44,7 +44,7 @@ fn bin(t: &TestEnv) -> tokio::process::Command {
     c
 }
 
-async fn run_bin(t: &TestEnv, args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub(crate) async fn run_bin(t: &TestEnv, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut c = bin(t);
     c.args(args).stdin(if stdin.is_some() {
         Stdio::piped()
@@ -64,12 +64,12 @@ async fn run_bin(t: &TestEnv, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .unwrap()
 }
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// Takes every ready message of a queue (acking it): (properties, body), in order.
-async fn drain(ch: &Channel, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
+pub(crate) async fn drain(ch: &Channel, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(m) = ch
         .basic_get(queue.into(), BasicGetOptions::default())
@@ -83,7 +83,7 @@ async fn drain(ch: &Channel, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
     out
 }
 
-fn header<'a>(p: &'a BasicProperties, k: &str) -> Option<&'a AMQPValue> {
+pub(crate) fn header<'a>(p: &'a BasicProperties, k: &str) -> Option<&'a AMQPValue> {
     p.headers().as_ref()?.inner().get(k)
 }
 
@@ -94,7 +94,7 @@ fn job_line(id: &str, image: &str) -> String {
 }
 
 /// Publishes a dead letter as the worker does: to the dead exchange, keyed by class.
-async fn dead_letter(
+pub(crate) async fn dead_letter(
     t: &TestEnv,
     id: &str,
     class: &str,
@@ -127,7 +127,7 @@ async fn dead_letter(
 
 /// A job body with odd but valid spacing and number spellings, which a
 /// replay must keep byte for byte.
-fn odd_job(id: &str) -> String {
+pub(crate) fn odd_job(id: &str) -> String {
     format!(
         r#"{{ "schema":"liveness.job.v1","job_id":"{id}", "check":"face","image":"s3://{}/x/{id}.png","metadata":{{"n": 1.50, "big":123456789012345678901234567890}} }}"#,
         images_bucket()
@@ -392,7 +392,7 @@ async fn backfill_twice_enqueues_the_same_job_ids() {
 }
 
 /// Removes this test's objects, a page at a time.
-async fn delete_prefix(t: &TestEnv, bucket: &str, prefix: &str) {
+pub(crate) async fn delete_prefix(t: &TestEnv, bucket: &str, prefix: &str) {
     use aws_sdk_s3::types::{Delete, ObjectIdentifier};
     let mut token = None;
     loop {
@@ -422,7 +422,7 @@ async fn delete_prefix(t: &TestEnv, bucket: &str, prefix: &str) {
     }
 }
 
-fn class_of(i: usize) -> &'static str {
+pub(crate) fn class_of(i: usize) -> &'static str {
     ["retries_exhausted", "invalid_job", "image_not_found"][i % 3]
 }
 
