@@ -18,6 +18,9 @@ echo "== module layering (docs/ARCHITECTURE.md): no import cycles, layers only d
 cargo test --locked --test it --quiet architecture
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== fuzz targets, a few seconds each (scripts/fuzz.sh; docs/fuzzing.md)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
+scripts/fuzz.sh --seconds "$FUZZ_SECONDS"
 echo "== deployment files (offline validation, alert rules with promtool)"
 scripts/validate-deploy.sh
 echo "== examples: Python and Node.js producers and consumers against a real worker"
