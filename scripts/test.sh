@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: starts RabbitMQ and Garage (installing what is
-# missing), then runs formatting, lints, the deployment checks, the examples in
-# other languages, unit tests and the integration tests against the real services.
+# The project's test command: starts RabbitMQ, Redis and Garage (installing what
+# is missing), then runs formatting, lints, a short round of every fuzz target,
+# the deployment checks, the examples in other languages, unit and property
+# tests, the integration tests against the real services, and the chaos suite.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,6 +19,9 @@ echo "== module layering (docs/ARCHITECTURE.md): no import cycles, layers only d
 cargo test --locked --test it --quiet architecture
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== fuzz targets, a few seconds each (scripts/fuzz.sh; docs/fuzzing.md)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}"
+scripts/fuzz.sh --seconds "$FUZZ_SECONDS"
 echo "== deployment files (offline validation, alert rules with promtool)"
 scripts/validate-deploy.sh
 echo "== examples: Python and Node.js producers and consumers against a real worker"

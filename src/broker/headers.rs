@@ -66,7 +66,8 @@ impl StateKey {
         StateKey(Sha256::digest(material.as_bytes()).into())
     }
 
-    #[cfg(test)]
+    /// A key from a seed, for tests and the fuzz targets (fuzz/).
+    #[doc(hidden)]
     pub fn for_tests(seed: &str) -> StateKey {
         StateKey(Sha256::digest(seed.as_bytes()).into())
     }

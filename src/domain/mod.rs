@@ -214,3 +214,6 @@ impl AttemptOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod properties;

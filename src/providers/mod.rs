@@ -366,3 +366,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties;
