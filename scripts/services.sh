@@ -132,8 +132,8 @@ resolve_garage_bin() {
   local shared="$REPO_ROOT/../shared/bin/garage"
   if [[ -x "$shared" ]]; then
     GARAGE_BIN="$(cd "$(dirname "$shared")" && pwd)/garage"
-  elif command -v garage >/dev/null 2>&1 && garage_is_wanted_version "$(command -v garage)"; then
-    GARAGE_BIN="$(command -v garage)"
+  elif type -P garage >/dev/null 2>&1 && garage_is_wanted_version "$(type -P garage)"; then
+    GARAGE_BIN="$(type -P garage)"
   elif [[ -x "$HOME/.cargo/bin/garage" ]] && garage_is_wanted_version "$HOME/.cargo/bin/garage"; then
     GARAGE_BIN="$HOME/.cargo/bin/garage"
   else
