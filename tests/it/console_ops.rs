@@ -4,7 +4,7 @@
 //! (including SIGINT in the middle of it).
 
 use crate::harness::{TestEnv, wait_for};
-use crate::ops::{bin, class_of, dead_letter, drain, env, header, odd_job, text};
+use crate::ops::{bin, class_of, dead_letter, drain, env, header, interrupt, odd_job, text};
 use lapin::types::AMQPValue;
 use liveness_worker::broker::headers::{H_RESENT, H_REVERIFY_REASON};
 use liveness_worker::domain::image::sha256_hex;
@@ -329,18 +329,8 @@ async fn purge_stopped_by_sigint_removes_only_what_is_archived() {
         !archived(&t).await.is_empty()
     })
     .await;
-    let pid = child.id().unwrap().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the purge stops")
-        .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = interrupt(child, "purge").await;
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
 
     // Every dead letter is archived or in the queue, never both, never neither.

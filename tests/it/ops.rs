@@ -703,18 +703,8 @@ async fn replay_stopped_by_sigint_moves_each_job_once() {
         t.depth(&t.names.jobs_queue).await >= 3
     })
     .await;
-    let pid = child.id().unwrap().to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the replay stops")
-        .unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = interrupt(child, "replay").await;
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
 
     // A clean stop: every job is in exactly one of the two queues.
@@ -867,4 +857,20 @@ async fn a_replayed_job_that_fails_again_counts_its_replays_and_then_completes()
     assert_eq!(r.moved, 1);
     assert_eq!(t.results(1).await["late-1"].2["verdict"], "live");
     t.finish().await;
+}
+
+/// Sends SIGINT to an operator command and waits for it to stop (60 s at
+/// most); returns its exit code and standard error.
+pub async fn interrupt(child: tokio::process::Child, what: &str) -> (Option<i32>, String) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the {what} stops"))
+        .unwrap();
+    (out.status.code(), text(&out.stderr))
 }
