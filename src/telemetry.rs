@@ -228,11 +228,15 @@ pub struct Metrics {
     fleet: std::sync::Mutex<FleetCounters>,
 }
 
-/// Totals since start, by routing key and by failure class.
+/// Totals since start, by routing key and by failure class, and the jobs
+/// taken from the jobs queue and parked per ladder step (for the console's
+/// rates in and out of each queue).
 #[derive(Debug, Clone, Default)]
 pub struct FleetCounters {
     pub results: std::collections::BTreeMap<String, u64>,
     pub dead_letters: std::collections::BTreeMap<String, u64>,
+    pub received: u64,
+    pub parked: std::collections::BTreeMap<u32, u64>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -437,6 +441,22 @@ impl Metrics {
             .expect("fleet counters")
             .results
             .entry(routing_key)
+            .or_default() += 1;
+    }
+
+    /// A delivery taken from the jobs queue.
+    pub fn received(&self) {
+        self.fleet.lock().expect("fleet counters").received += 1;
+    }
+
+    /// A job parked on ladder step `step` (its publish confirmed).
+    pub fn parked(&self, step: usize) {
+        *self
+            .fleet
+            .lock()
+            .expect("fleet counters")
+            .parked
+            .entry(step as u32)
             .or_default() += 1;
     }
 

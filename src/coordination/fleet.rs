@@ -19,15 +19,23 @@ pub struct Heartbeat {
     pub concurrency: u32,
     pub in_flight: u32,
     pub vendors: Vec<VendorState>,
-    /// Totals since the replica started: results by routing key, dead
-    /// letters by class (readers derive rates from successive reads).
+    /// Totals since the replica started (readers derive rates from
+    /// successive reads).
     pub counters: Counters,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
+    /// Results published, by routing key.
     pub results: BTreeMap<String, u64>,
+    /// Dead letters published, by failure class.
     pub dead_letters: BTreeMap<String, u64>,
+    /// Deliveries taken from the jobs queue (absent from older replicas' heartbeats).
+    #[serde(default)]
+    pub received: u64,
+    /// Jobs parked, by ladder step (0 = the first retry queue).
+    #[serde(default)]
+    pub parked: BTreeMap<u32, u64>,
 }
 
 /// One vendor as one replica sees it.

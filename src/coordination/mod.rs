@@ -140,6 +140,12 @@ impl Coordination {
         Ok(n)
     }
 
+    /// Who holds the claim on `job_id` now, if anyone (the console's job lookup).
+    pub async fn claim_holder(&self, job_id: &JobId) -> Result<Option<String>, Unavailable> {
+        let mut c = self.conn.clone();
+        Ok(c.get(self.key("claim", job_id.as_str())).await?)
+    }
+
     /// Requeues the worker caused for `job_id` (0 when none is remembered).
     pub async fn requeues(&self, job_id: &JobId) -> Result<u32, Unavailable> {
         let mut c = self.conn.clone();

@@ -249,9 +249,56 @@ impl HeldScan {
     }
 }
 
+/// What [`peek`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peeked {
+    /// Ready messages when the scan opened.
+    pub depth: u32,
+    pub scanned: u32,
+    /// The whole queue was read (not cut short by the limit).
+    pub complete: bool,
+    /// Every message went back in its original order.
+    pub order_kept: bool,
+}
+
+/// Reads up to `limit` messages of `queue` (0: all) and hands each to
+/// `see`, changing nothing: every message read is held and put back, in
+/// order, at the end (see [`HeldScan`]). For views (`status`, the console).
+pub async fn peek(
+    conn: &Connection,
+    queue: &str,
+    limit: u32,
+    mut see: impl FnMut(&Delivery),
+) -> anyhow::Result<Peeked> {
+    let mut scan = HeldScan::open(conn, queue).await?;
+    let read: anyhow::Result<()> = async {
+        while limit == 0 || scan.read() < limit {
+            let Some(d) = scan.next().await? else { break };
+            see(&d);
+            scan.hold(d.delivery_tag);
+        }
+        Ok(())
+    }
+    .await;
+    let mut p = Peeked {
+        depth: scan.depth(),
+        scanned: scan.read(),
+        complete: scan.drained(),
+        order_kept: false,
+    };
+    p.order_kept = scan.release().await;
+    read?;
+    Ok(p)
+}
+
+/// Listings a quiet (console) dry run keeps for its preview, at most.
+pub const PREVIEW_CAP: usize = 1000;
+
 /// Progress on stderr: a bar with rate and ETA on a terminal, a plain line
-/// every few seconds otherwise (logs, CI).
+/// every few seconds otherwise (logs, CI); nothing at all when quiet (an
+/// operation started from the console, which reports on its page).
 pub struct Progress {
+    quiet: bool,
     bar: Option<indicatif::ProgressBar>,
     label: String,
     total: Option<u64>,
@@ -265,7 +312,12 @@ const PLAIN_EVERY: Duration = Duration::from_secs(2);
 impl Progress {
     /// `total` is None when unknown (a listing still under way).
     pub fn new(label: &str, total: Option<u64>) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        Progress::maybe_quiet(label, total, false)
+    }
+
+    /// [`new`](Self::new), or one that shows nothing when `quiet`.
+    pub fn maybe_quiet(label: &str, total: Option<u64>, quiet: bool) -> Progress {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let (bar, template) = match total {
                 Some(n) => (
                     indicatif::ProgressBar::new(n),
@@ -285,6 +337,7 @@ impl Progress {
         });
         let now = Instant::now();
         Progress {
+            quiet,
             bar,
             label: label.to_owned(),
             total,
@@ -297,6 +350,7 @@ impl Progress {
     pub fn inc(&mut self, n: u64) {
         self.done += n;
         match &self.bar {
+            _ if self.quiet => {}
             Some(bar) => bar.inc(n),
             None if self.last_line.elapsed() >= PLAIN_EVERY => {
                 self.last_line = Instant::now();
@@ -312,6 +366,7 @@ impl Progress {
     /// Prints a line without tearing the bar.
     pub fn println(&self, line: &str) {
         match &self.bar {
+            _ if self.quiet => {}
             Some(bar) => bar.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),
         }
@@ -320,6 +375,7 @@ impl Progress {
     /// Prints a line on stdout (data, not progress) without tearing the bar.
     pub fn println_stdout(&self, line: &str) {
         match &self.bar {
+            _ if self.quiet => {}
             Some(bar) => bar.suspend(|| println!("{line}")),
             None => println!("{line}"),
         }

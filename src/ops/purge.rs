@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use super::replay::{Filter, FilterArgs, Verdict, judge_dead_letter, read_dead_letter};
+use super::replay::{Filter, FilterArgs, Verdict, judge_dead_letter, listing, read_dead_letter};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PurgeArgs {
@@ -58,6 +58,9 @@ pub struct PurgeOptions {
     pub limit: Option<u64>,
     pub rate: f64,
     pub dry_run: bool,
+    /// No progress output; a dry run's listing goes to the report's
+    /// `preview` (the console).
+    pub quiet: bool,
 }
 
 /// What a purge did.
@@ -79,6 +82,8 @@ pub struct PurgeReport {
     pub archives: Vec<String>,
     pub interrupted: bool,
     pub order_kept: bool,
+    /// A quiet dry run's listing (at most [`PREVIEW_CAP`](super::PREVIEW_CAP)).
+    pub preview: Vec<serde_json::Value>,
 }
 
 /// Where the archives go, from `--archive` or the results store.
@@ -152,9 +157,10 @@ pub async fn purge(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let mut progress = Progress::new(
+    let mut progress = Progress::maybe_quiet(
         if o.dry_run { "scanning" } else { "purging" },
         Some(r.depth),
+        o.quiet,
     );
     let mut batch = Batch {
         lines: Vec::new(),
@@ -176,12 +182,7 @@ pub async fn purge(
                     None
                 }
                 Some(dl) => match judge_dead_letter(&dl, &o.filter) {
-                    Verdict::Move | Verdict::NoJob => Some(serde_json::json!({
-                        "job_id": dl.job_id,
-                        "class": dl.failure.class,
-                        "vendor": dl.vendor(),
-                        "failed_at": dl.failed_at,
-                    })),
+                    Verdict::Move | Verdict::NoJob => Some(listing(&dl)),
                     _ => {
                         r.no_match += 1;
                         None
@@ -194,7 +195,11 @@ pub async fn purge(
             };
             r.matched += 1;
             if o.dry_run {
-                progress.println_stdout(&listing.to_string());
+                if !o.quiet {
+                    progress.println_stdout(&listing.to_string());
+                } else if r.preview.len() < super::PREVIEW_CAP {
+                    r.preview.push(listing);
+                }
                 scan.hold(d.delivery_tag);
                 continue;
             }
@@ -298,6 +303,7 @@ pub async fn run(cfg: &Config, a: PurgeArgs) -> anyhow::Result<()> {
         limit: a.limit,
         rate: a.rate,
         dry_run: a.dry_run,
+        quiet: false,
     };
     let r = purge(cfg, &opts, super::stop_on_signal()).await?;
     eprintln!(

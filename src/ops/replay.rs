@@ -59,8 +59,9 @@ pub struct FilterArgs {
     #[arg(long, value_delimiter = ',', value_parser = class_arg)]
     pub class: Vec<String>,
     /// Only jobs of these vendors (repeat or separate with commas): the
-    /// dead letter's failure.provider, else the job's own provider.
-    #[arg(long, alias = "vendor", value_delimiter = ',', value_parser = ["argos", "intellicheck", "didit"])]
+    /// dead letter's failure.provider, else the job's own provider; `none`
+    /// for dead letters that name no vendor.
+    #[arg(long, alias = "vendor", value_delimiter = ',', value_parser = ["argos", "intellicheck", "didit", "none"])]
     pub provider: Vec<String>,
     /// Only dead letters that failed at least this long ago (e.g. 30m, 2h).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -68,6 +69,10 @@ pub struct FilterArgs {
     /// Only dead letters that failed at most this long ago.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub newer_than: Option<Duration>,
+    /// Only the dead letters of these job_ids (repeat or separate with
+    /// commas): a selection by hand.
+    #[arg(long, value_delimiter = ',')]
+    pub job_id: Vec<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -93,12 +98,14 @@ pub struct ReplayArgs {
 pub struct Filter {
     /// None: the retryable classes.
     pub classes: Option<Vec<FailureClass>>,
-    /// Empty: any vendor.
+    /// Empty: any vendor; "none" selects dead letters that name none.
     pub providers: Vec<String>,
     /// Failed at or before this time.
     pub failed_before: Option<SystemTime>,
     /// Failed at or after this time.
     pub failed_after: Option<SystemTime>,
+    /// Empty: any job.
+    pub job_ids: Vec<String>,
 }
 
 impl Filter {
@@ -107,8 +114,9 @@ impl Filter {
             anyhow::ensure!(
                 a.filter.class.is_empty()
                     && a.filter.older_than.is_none()
-                    && a.filter.newer_than.is_none(),
-                "--class, --older-than and --newer-than apply to dead letters only: poison messages are raw jobs without a failure record"
+                    && a.filter.newer_than.is_none()
+                    && a.filter.job_id.is_empty(),
+                "--class, --older-than, --newer-than and --job-id apply to dead letters only: poison messages are raw jobs without a failure record"
             );
         }
         anyhow::ensure!(
@@ -137,6 +145,7 @@ impl Filter {
             providers: a.provider.clone(),
             failed_before: a.older_than.and_then(|d| now.checked_sub(d)),
             failed_after: a.newer_than.and_then(|d| now.checked_sub(d)),
+            job_ids: a.job_id.clone(),
         }
     }
 }
@@ -201,6 +210,16 @@ pub fn job_provider(body: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// How a dry run lists a selected dead letter (one JSON line).
+pub fn listing(d: &DeadLetterView<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": d.job_id,
+        "class": d.failure.class,
+        "vendor": d.vendor(),
+        "failed_at": d.failed_at,
+    })
+}
+
 /// What replay makes of one message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -224,7 +243,10 @@ pub fn judge_dead_letter(d: &DeadLetterView<'_>, f: &Filter) -> Verdict {
             .unwrap_or_else(|| class.is_some_and(FailureClass::retryable)),
         Some(list) => class.is_some_and(|c| list.contains(&c)),
     };
-    let vendor_ok = f.providers.is_empty() || d.vendor().is_some_and(|v| f.providers.contains(&v));
+    let vendor_ok = f.providers.is_empty()
+        || f.providers
+            .contains(&d.vendor().unwrap_or_else(|| "none".into()));
+    let job_ok = f.job_ids.is_empty() || d.job_id.as_ref().is_some_and(|j| f.job_ids.contains(j));
     let age_ok = if f.failed_before.is_none() && f.failed_after.is_none() {
         true
     } else {
@@ -239,7 +261,7 @@ pub fn judge_dead_letter(d: &DeadLetterView<'_>, f: &Filter) -> Verdict {
             }
         }
     };
-    if !(class_ok && vendor_ok && age_ok) {
+    if !(class_ok && vendor_ok && job_ok && age_ok) {
         Verdict::NoMatch
     } else if d.job_body().is_none() {
         Verdict::NoJob
@@ -254,7 +276,9 @@ pub fn judge_poison(body: &[u8], f: &Filter) -> Verdict {
         return Verdict::Move;
     }
     let vendor = std::str::from_utf8(body).ok().and_then(job_provider);
-    if vendor.is_some_and(|v| f.providers.contains(&v)) {
+    if f.providers
+        .contains(&vendor.unwrap_or_else(|| "none".into()))
+    {
         Verdict::Move
     } else {
         Verdict::NoMatch
@@ -304,6 +328,9 @@ pub struct ReplayReport {
     pub interrupted: bool,
     /// The messages left in place went back in their original order.
     pub order_kept: bool,
+    /// A quiet dry run's listing of what would move (at most
+    /// [`PREVIEW_CAP`](super::PREVIEW_CAP) lines; `matched` counts them all).
+    pub preview: Vec<serde_json::Value>,
 }
 
 /// Options of one replay run (the parsed `replay` arguments).
@@ -315,6 +342,9 @@ pub struct ReplayOptions {
     pub limit: Option<u64>,
     /// Republishes per second; 0 for no limit.
     pub rate: f64,
+    /// No progress output; a dry run's listing goes to the report's
+    /// `preview` instead of stdout (the console).
+    pub quiet: bool,
 }
 
 /// Runs a replay; `stop` ends it early, cleanly (confirmed moves acked,
@@ -349,9 +379,10 @@ pub async fn replay(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let mut progress = Progress::new(
+    let mut progress = Progress::maybe_quiet(
         if o.dry_run { "scanning" } else { "replaying" },
         Some(r.depth),
+        o.quiet,
     );
     let result: anyhow::Result<()> = async {
         // The whole queue is read even past --limit, so that the messages
@@ -376,12 +407,7 @@ pub async fn replay(
                     }
                     Some(dl) => match judge_dead_letter(&dl, &o.filter) {
                         Verdict::Move => {
-                            let listing = serde_json::json!({
-                                "job_id": dl.job_id,
-                                "class": dl.failure.class,
-                                "vendor": dl.vendor(),
-                                "failed_at": dl.failed_at,
-                            });
+                            let listing = listing(&dl);
                             let body = dl.job_body().expect("judged").as_bytes().to_vec();
                             Some((body, dl.job_id.clone(), listing))
                         }
@@ -423,7 +449,11 @@ pub async fn replay(
             };
             r.matched += 1;
             if o.dry_run {
-                progress.println_stdout(&listing.to_string());
+                if !o.quiet {
+                    progress.println_stdout(&listing.to_string());
+                } else if r.preview.len() < super::PREVIEW_CAP {
+                    r.preview.push(listing);
+                }
                 scan.hold(d.delivery_tag);
                 continue;
             }
@@ -497,6 +527,7 @@ pub async fn run(cfg: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         dry_run: a.dry_run,
         limit: a.limit,
         rate: a.rate,
+        quiet: false,
     };
     let stop = super::stop_on_signal();
     let r = replay(cfg, &opts, stop).await?;
@@ -586,6 +617,8 @@ mod tests {
         assert_eq!(judge(&body, &f), Verdict::Move);
         f.providers = vec!["didit".into()];
         assert_eq!(judge(&body, &f), Verdict::NoMatch);
+        f.providers = vec!["none".into()];
+        assert_eq!(judge(&body, &f), Verdict::NoMatch);
         f.providers = vec!["argos".into()];
         f.failed_before = Some(at + Duration::from_secs(1));
         assert_eq!(judge(&body, &f), Verdict::Move);
@@ -606,6 +639,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(judge(&own, &f), Verdict::Move);
+    }
+
+    #[test]
+    fn a_selection_by_hand_takes_only_its_job_ids() {
+        let body = dl("internal", None, JOB, "2026-11-23T12:00:00.000Z");
+        let mut f = Filter {
+            job_ids: vec!["j2".into()],
+            ..Default::default()
+        };
+        assert_eq!(judge(&body, &f), Verdict::NoMatch);
+        f.job_ids.push("j1".into());
+        assert_eq!(judge(&body, &f), Verdict::Move);
     }
 
     #[test]

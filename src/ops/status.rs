@@ -1,11 +1,11 @@
 //! `status`: depth and consumers of every queue (passive declares, which
 //! change nothing), the replicas' heartbeats from the coordination store
 //! (when one is configured), and the dead letters counted by failure class
-//! and vendor. The dead letters are read with a [`HeldScan`] and all released
+//! and vendor. The dead letters are read with [`peek`] and all released
 //! at the end: none is consumed, lost or reordered.
 
 use super::replay::read_dead_letter;
-use super::{HeldScan, queue_info};
+use super::{peek, queue_info};
 use crate::broker::{self, Names};
 use crate::config::Config;
 use crate::coordination::{Coordination, Heartbeat};
@@ -89,7 +89,8 @@ pub struct Fleet {
     pub error: Option<String>,
 }
 
-async fn fleet(cfg: &Config) -> Option<Fleet> {
+/// The replicas' heartbeats; None without a coordination store.
+pub async fn fleet(cfg: &Config) -> Option<Fleet> {
     if !cfg.coordination.enabled() {
         return None;
     }
@@ -128,10 +129,9 @@ pub fn count_dead_letter(
     *pairs.entry((d.failure.class, vendor)).or_default() += 1;
 }
 
-/// Reads the figures; changes nothing on the broker.
-pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
+/// Depth and consumers of every queue of the topology (passive declares).
+pub async fn queues(cfg: &Config, conn: &lapin::Connection) -> anyhow::Result<Vec<QueueStatus>> {
     let n = Names::new(&cfg.broker);
-    let conn = broker::connect(&cfg.broker).await?;
     let mut wanted: Vec<(&'static str, String, Option<String>)> =
         vec![("jobs", n.jobs_queue.clone(), None)];
     for (q, d) in &n.retry_queues {
@@ -153,7 +153,7 @@ pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
     }
     let mut queues = Vec::new();
     for (role, name, delay) in wanted {
-        let info = queue_info(&conn, &name).await?;
+        let info = queue_info(conn, &name).await?;
         queues.push(QueueStatus {
             role,
             name,
@@ -163,29 +163,29 @@ pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
             consumers: info.map_or(0, |i| i.1),
         });
     }
+    Ok(queues)
+}
 
+/// Reads the figures; changes nothing on the broker.
+pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
+    let n = Names::new(&cfg.broker);
+    let conn = broker::connect(&cfg.broker).await?;
+    let queues = queues(cfg, &conn).await?;
     let dead_exists = queues.iter().any(|q| q.role == "dead" && q.exists);
     let dead_letters = if dead_exists {
-        let mut scan = HeldScan::open(&conn, &n.dead_queue).await?;
         let mut c = DeadLetterCounts {
             queue: n.dead_queue.clone(),
-            depth: scan.depth(),
             ..Default::default()
         };
         let mut pairs = BTreeMap::new();
-        let counted: anyhow::Result<()> = async {
-            while scan_limit == 0 || scan.read() < scan_limit {
-                let Some(d) = scan.next().await? else { break };
-                count_dead_letter(&mut c, &mut pairs, &d.data);
-                scan.hold(d.delivery_tag);
-            }
-            Ok(())
-        }
-        .await;
-        c.scanned = scan.read();
-        c.complete = scan.drained();
-        c.order_kept = scan.release().await;
-        counted?;
+        let peeked = peek(&conn, &n.dead_queue, scan_limit, |d| {
+            count_dead_letter(&mut c, &mut pairs, &d.data)
+        })
+        .await?;
+        c.depth = peeked.depth;
+        c.scanned = peeked.scanned;
+        c.complete = peeked.complete;
+        c.order_kept = peeked.order_kept;
         c.by_class_and_vendor = pairs
             .into_iter()
             .map(|((class, vendor), count)| ClassVendorCount {

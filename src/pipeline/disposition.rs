@@ -98,8 +98,9 @@ impl Finished {
                 m.job_finished(JobOutcome::DeadLetter, None, self.check, d.failure.provider);
                 m.dead_letter(d.failure.class, d.failure.provider);
             }
-            Disposition::RetryLater { .. } => {
-                m.job_finished(JobOutcome::RetryLater, None, self.check, self.provider)
+            Disposition::RetryLater { step, .. } => {
+                m.job_finished(JobOutcome::RetryLater, None, self.check, self.provider);
+                m.parked(*step);
             }
             Disposition::AwaitCallback { .. } => m.job_finished(
                 JobOutcome::AwaitingCallback,

@@ -33,6 +33,8 @@ pub async fn beat(
             counters: Counters {
                 results: totals.results,
                 dead_letters: totals.dead_letters,
+                received: totals.received,
+                parked: totals.parked,
             },
         };
         match store.heartbeat(&hb, interval * 3).await {

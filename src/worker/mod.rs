@@ -411,6 +411,7 @@ impl Job {
         };
         let metrics = self.pipeline.metrics().clone();
         let _in_flight = metrics.in_flight();
+        metrics.received();
         if let Some(sent) = properties.timestamp() {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

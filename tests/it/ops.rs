@@ -450,6 +450,7 @@ async fn replay_by_class_moves_exactly_the_matching_and_keeps_order() {
         dry_run,
         limit: None,
         rate: 0.0,
+        quiet: false,
     };
     // Dry run first: lists, moves nothing.
     let dry = replay::replay(&t.cfg, &opts(true), Arc::new(AtomicBool::new(false)))
@@ -808,6 +809,7 @@ async fn a_replayed_job_that_fails_again_counts_its_replays_and_then_completes()
         dry_run: false,
         limit: None,
         rate: 0.0,
+        quiet: false,
     };
     // Not uploaded yet: image_not_found, replayed twice, failing each time.
     for _ in 0..2 {
