@@ -26,6 +26,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod coordination;
 pub mod demo;
 pub mod domain;

@@ -3,7 +3,7 @@ use clap::{Parser, Subcommand};
 use liveness_worker::config::{Config, Sources};
 use liveness_worker::emulator::{Emulator, EmulatorConfig, Faults};
 use liveness_worker::telemetry::Telemetry;
-use liveness_worker::{demo, ops, schema, telemetry, worker};
+use liveness_worker::{console, demo, ops, schema, telemetry, worker};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,8 @@ enum Command {
     Reverify(ops::reverify::ReverifyArgs),
     /// Remove dead letters selected like replay's, archived to S3 first.
     Purge(ops::purge::PurgeArgs),
+    /// Serve the operator console: queues, fleet and vendors; dead letters to browse, replay, export and purge; job lookup.
+    Console(console::ConsoleArgs),
     /// Everything at once on local services: emulator, worker, a few hundred sample jobs, a summary.
     Demo(demo::DemoArgs),
     /// Print or write the JSON Schemas of the job, result and dead-letter messages.
@@ -226,6 +228,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Resend(args) => ops::resend::run(&ops_config(&sources)?, args).await,
         Command::Reverify(args) => ops::reverify::run(&ops_config(&sources)?, args).await,
         Command::Purge(args) => ops::purge::run(&ops_config(&sources)?, args).await,
+        Command::Console(args) => {
+            let cfg = Config::load(&sources)?;
+            // A passive declare of a queue not declared yet closes its
+            // channel, which lapin logs as an error: the page says it instead.
+            let mut t = cfg.telemetry.clone();
+            t.log_level += ",lapin=off";
+            telemetry::init(&t);
+            console::run(cfg, args).await
+        }
         Command::Schemas { write } => {
             for (name, text) in schema::all() {
                 match &write {

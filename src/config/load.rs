@@ -9,8 +9,9 @@ use figment::providers::{Env, Format, Toml};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "broker",
+    "console",
     "worker",
     "retry",
     "s3",
@@ -106,6 +107,7 @@ fn from_figment(fig: Figment) -> anyhow::Result<Config> {
         ),
         (&mut p.didit.api_key, "providers.didit.api_key"),
         (&mut cfg.coordination.redis_url, "coordination.redis_url"),
+        (&mut cfg.console.password, "console.password"),
     ] {
         secret.resolve(key)?;
     }

@@ -38,6 +38,7 @@ pub struct Config {
     pub coordination: CoordinationConfig,
     pub callbacks: CallbacksConfig,
     pub telemetry: TelemetryConfig,
+    pub console: ConsoleConfig,
 }
 
 /// Every rule a configuration breaks, each naming its key.
@@ -693,6 +694,62 @@ pub enum LogFormat {
     Text,
 }
 
+/// The operator console (`liveness-worker console`, docs/console.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Where the console's web page is served.
+    pub listen: SocketAddr,
+    /// HTTP basic credentials; both required unless `listen` is loopback.
+    pub username: String,
+    pub password: Secret,
+    /// No replay, purge or other change from the page.
+    pub read_only: bool,
+    /// How often the console samples the queues and the fleet; the page
+    /// reloads itself at this pace.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Dead letters read at most per scan (grouping, a group's messages,
+    /// a job lookup); beyond it the figures are marked as a sample.
+    pub scan_limit: u32,
+    /// Messages listed at most on a group's page.
+    pub page_size: usize,
+}
+
+impl ConsoleConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(
+            self.listen.ip().is_loopback()
+                || (!self.username.is_empty() && !self.password.is_empty()),
+            || {
+                format!(
+                    "console.username and console.password must be set when console.listen ({}) is not a loopback address",
+                    self.listen
+                )
+            },
+        );
+        p.check(self.username.is_empty() == self.password.is_empty(), || {
+            "console.username and console.password are set together or not at all".into()
+        });
+        p.check(!self.username.contains(':'), || {
+            "console.username must not contain ':' (HTTP basic credentials)".into()
+        });
+        p.check(
+            (Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.refresh),
+            || format!("console.refresh must be 1s-5m, got {:?}", self.refresh),
+        );
+        p.check((1..=1_000_000).contains(&self.scan_limit), || {
+            format!(
+                "console.scan_limit must be 1-1000000, got {}",
+                self.scan_limit
+            )
+        });
+        p.check((1..=10_000).contains(&self.page_size), || {
+            format!("console.page_size must be 1-10000, got {}", self.page_size)
+        });
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -715,6 +772,7 @@ impl Config {
         self.providers.validate(&mut p);
         self.coordination.validate(&mut p);
         self.callbacks.validate(&mut p);
+        self.console.validate(&mut p);
         p.check(
             self.results.max_record_bytes >= self.worker.max_job_bytes as u64 + 64 * 1024,
             || {

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline", "emulator", "schema"],
     &["worker"],
     &["ops"],
-    &["demo"],
+    &["console", "demo"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -18,7 +18,7 @@ const LIVE: &str = r#"{"screen_replay":90,"printed_copy":85,"portrait_substituti
 
 /// The real binary, configured like `t`'s worker, results store and
 /// coordination store included.
-fn cbin(t: &TestEnv) -> tokio::process::Command {
+pub(crate) fn cbin(t: &TestEnv) -> tokio::process::Command {
     let mut c = bin(t);
     c.env("LIVENESS_RESULTS__BUCKET", &t.cfg.results.bucket)
         .env("LIVENESS_RESULTS__PREFIX", &t.cfg.results.prefix)
@@ -213,7 +213,7 @@ async fn reverify_enqueues_with_its_reason_and_leaves_a_job_without_outcome() {
 }
 
 /// The dead letters archived under the test's archive prefix: (job_id, line).
-async fn archived(t: &TestEnv) -> Vec<(String, Value)> {
+pub(crate) async fn archived(t: &TestEnv) -> Vec<(String, Value)> {
     let prefix = format!("{}dead-letter-archive/", t.cfg.results.prefix);
     let (page, _) = t
         .store

@@ -5,6 +5,7 @@
 mod architecture;
 mod callbacks;
 mod chaos;
+mod console;
 mod console_ops;
 mod dead_letters;
 mod delivery;
