@@ -2,7 +2,8 @@
 # The project's test command: starts RabbitMQ, Redis and Garage (installing what
 # is missing), then runs formatting, lints, a short round of every fuzz target,
 # the deployment checks, the examples in other languages, unit and property
-# tests, the integration tests against the real services, and the chaos suite.
+# tests, the integration tests against the real services (the operator console
+# in headless Chromium among them), and the chaos suite.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,6 +29,17 @@ echo "== examples: Python and Node.js producers and consumers against a real wor
 scripts/examples.sh
 echo "== OpenAPI conformance of the emulator (schemathesis)"
 scripts/conformance.sh
+echo "== browser tests: Debian's chromium and chromium-driver, playwright-core from npm (docs/console.md)"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt-get install -y chromium chromium-driver >/dev/null \
+    || { apt-get update >/dev/null && apt-get install -y chromium chromium-driver >/dev/null; }
+fi
+if ! command -v node >/dev/null; then
+  apt-get install -y nodejs npm >/dev/null
+fi
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+# The browser test (console::browser_drives_the_console) fails rather than skips.
+export LIVENESS_BROWSER_TESTS=1
 echo "== cargo test"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

@@ -27,9 +27,21 @@ fn free_port() -> u16 {
 /// Starts the console for `t` with `extra` settings and waits until it answers.
 pub(crate) async fn start_console(t: &TestEnv, extra: &[(&str, &str)]) -> Console {
     let port = free_port();
+    // The ladder of `t`'s worker, so the console names the same queues.
+    let delays: Vec<String> = t
+        .cfg
+        .broker
+        .retry_delays
+        .iter()
+        .map(|d| humantime::format_duration(*d).to_string())
+        .collect();
     let child = cbin(t)
         .args(["console", "--listen", &format!("127.0.0.1:{port}")])
         .env("LIVENESS_CONSOLE__REFRESH", "1s")
+        .env(
+            "LIVENESS_BROKER__RETRY_DELAYS",
+            serde_json::to_string(&delays).unwrap(),
+        )
         .envs(extra.iter().copied())
         .spawn()
         .expect("console starts");
@@ -559,7 +571,12 @@ async fn browser_drives_the_console() {
         ],
     )
     .await;
-    let out = tokio::process::Command::new("node")
+    let mut node = tokio::process::Command::new("node");
+    if let Ok(dir) = std::env::var("LIVENESS_SCREENSHOTS") {
+        std::fs::create_dir_all(&dir).expect("screenshot folder");
+        node.env("SCREENSHOTS", dir);
+    }
+    let out = node
         .arg("--test")
         .arg(&script)
         .env("CONSOLE_URL", &open.url)
