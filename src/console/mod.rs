@@ -65,6 +65,7 @@ fn router(app: Arc<App>) -> axum::Router {
         .route("/dead-letters/purge", post(dead::purge))
         .route("/jobs", get(job::lookup))
         .route("/style.css", get(web::style))
+        .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             web::guard,

@@ -326,6 +326,13 @@ async fn credentials_read_only_and_cross_site_requests() {
             .unwrap()
             .starts_with("Basic")
     );
+    // The health check alone needs no credentials (and shows nothing).
+    let r = client
+        .get(format!("{}/healthz", c.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let r = client
         .get(&c.url)
         .basic_auth("ops", Some("wrong"))
