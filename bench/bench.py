@@ -156,6 +156,47 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+KINDS = ("rust_store", "rust_nostore", "python")
+KIND_LABELS = {"rust_store": "Rust (store on)", "rust_nostore": "Rust (no store)",
+               "python": "Python (no store)"}
+
+
+def trio(rows, f, key):
+    """One cell per kind (Rust store on, Rust no store, Python): `f` of the
+    median of `key` over that kind's runs, "–" for a kind not measured."""
+    return [f(median([x.get(key) for x in rows[k]])) if rows[k] else "–" for k in KINDS]
+
+
+def side_by_side_rows(r):
+    """The rows of the side-by-side table, [(measure, [three cells])]; a
+    row nothing was measured for is left out."""
+    t = r["throughput"]
+    bound = t["bound"]
+    rows = []
+    ratio_f = (lambda v: "–" if v is None else f"{v:.2f} ({v * bound:.0f} jobs/s)")
+    rows.append(("throughput / bound (128 in flight, 300 ms)", trio(t, ratio_f, "ratio")))
+    ms_f = (lambda v: "–" if v is None else f"{v:.0f} ms")
+    for part in ("fetch", "vendor", "total"):
+        for q in ("p50", "p99"):
+            cells = []
+            for k in KINDS:
+                xs = [x.get("timings_ms", {}).get(part, {}) for x in t[k]]
+                cells.append(ms_f(median([x.get(q) for x in xs if x])) if t[k] else "–")
+            rows.append((f"timings_ms.{part} {q} in that run", cells))
+    rows.append(("mean timings_ms.total in that run", [
+        ms_f(median([x.get("timings_ms", {}).get("total", {}).get("mean") for x in t[k]]))
+        if t[k] else "–" for k in KINDS]))
+    rows.append(("peak RSS in that run",
+                 trio(t, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss")))
+    for size_key in ("200KB", "3MB"):
+        c = r["cpu"][size_key]
+        rows.append((f"CPU per job, {size_key} (0 ms)",
+                     trio(c, lambda v: "–" if v is None else fmt_us(v), "cpu_per_job")))
+        rows.append((f"peak RSS, {size_key} run (32 in flight)",
+                     trio(c, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss")))
+    return [(name, cells) for name, cells in rows if any(c != "–" for c in cells)]
+
+
 def render_markdown(r):
     """The report: every performance bar (docs/benchmark.md) as measured figure against target."""
     m = r["machine"]
@@ -228,41 +269,18 @@ def render_markdown(r):
                 "to the vendor's 300 ms limits it, above all the S3 fetch's tail.")
     if notes:
         out += ["", "Reading the misses:", ""] + [f"- {n}" for n in notes]
-    out += ["", "## Rust and Python side by side (same run, alternating)", "",
-            "| measure | Rust (store on) | Rust (no store) | Python (no store) |",
-            "|---|---|---|---|"]
-
-    def trio(rows, f, key):
-        return [f(median([x.get(key) for x in rows[k]])) if rows[k] else "–"
-                for k in ("rust_store", "rust_nostore", "python")]
-
-    ratio_f = (lambda v: "–" if v is None else f"{v:.2f} ({v * bound:.0f} jobs/s)")
-    out.append("| throughput / bound (128 in flight, 300 ms) | "
-               + " | ".join(trio(t, ratio_f, "ratio")) + " |")
-    for part in ("fetch", "vendor", "total"):
-        f = (lambda v: "–" if v is None else f"{v:.0f} ms")
-        for q in ("p50", "p99"):
-            vals = []
-            for k in ("rust_store", "rust_nostore", "python"):
-                xs = [x.get("timings_ms", {}).get(part, {}) for x in t[k]]
-                vals.append(f(median([x.get(q) for x in xs if x])) if t[k] else "–")
-            out.append(f"| timings_ms.{part} {q} in that run | " + " | ".join(vals) + " |")
-    out.append("| mean timings_ms.total in that run | " + " | ".join(
-        f"{median([x.get('timings_ms', {}).get('total', {}).get('mean') for x in t[k]]):.0f} ms"
-        if t[k] and median([x.get('timings_ms', {}).get('total', {}).get('mean') for x in t[k]])
-        else "–" for k in ("rust_store", "rust_nostore", "python")) + " |")
-    out.append("| peak RSS in that run | "
-               + " | ".join(trio(t, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss"))
-               + " |")
-    for size_key in ("200KB", "3MB"):
-        c = r["cpu"][size_key]
-        out.append(f"| CPU per job, {size_key} (0 ms) | "
-                   + " | ".join(trio(c, lambda v: "–" if v is None else fmt_us(v), "cpu_per_job"))
-                   + " |")
-        out.append(f"| peak RSS, {size_key} run (32 in flight) | "
-                   + " | ".join(trio(c, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss"))
-                   + " |")
-    if any(t[k] for k in ("rust_store", "rust_nostore", "python")):
+    side = side_by_side_rows(r)
+    if side:
+        # Only the kinds this run measured get a column.
+        cols = [i for i in range(len(KINDS)) if any(cells[i] != "–" for _, cells in side)]
+        title = ("Rust and Python side by side" if 2 in cols
+                 else "Rust with and without the results store")
+        out += ["", f"## {title} (same run, alternating)", "",
+                "| measure | " + " | ".join(KIND_LABELS[KINDS[i]] for i in cols) + " |",
+                "|---" * (len(cols) + 1) + "|"]
+        out += ["| " + " | ".join([name] + [cells[i] for i in cols]) + " |"
+                for name, cells in side]
+    if any(x.get("cpu_per_job") is not None for k in KINDS for x in t[k]):
         out += ["", "## Where the machine's CPU went in the throughput runs", "",
                 "CPU time per job of each process during the measured window (medians of the "
                 "rounds), and how busy the machine's cores were.", "",
@@ -272,21 +290,22 @@ def render_markdown(r):
         out.append("| the worker | " + " | ".join(trio(t, ms, "cpu_per_job")) + " |")
         for name in ("rabbitmq", "garage", "emulator", "everything else"):
             vals = []
-            for k in ("rust_store", "rust_nostore", "python"):
+            for k in KINDS:
                 v = median([x.get("others_cpu_per_job", {}).get(name) for x in t[k]])
                 vals.append(ms(v))
             out.append(f"| {name} | " + " | ".join(vals) + " |")
         out.append("| machine busy | " + " | ".join(
             trio(t, lambda v: "–" if v is None else f"{v * 100:.0f}% of {r['machine']['cores']} cores",
                  "machine_busy")) + " |")
-    d = r["drain"]
-    out += ["", "## Draining a backlog", "",
-            f"{d['jobs']:,} jobs of 200 KB, emulator latency 300 ms, 32 in flight per replica "
-            "(Rust, results store on), timed from the replicas' start to the last result.", "",
-            "| replicas | time | jobs/s | bound (replicas × 32 / 0.3 s) |", "|---|---|---|---|"]
-    for row in d["runs"]:
-        out.append(f"| {row['replicas']} | {row['seconds']:.1f} s | {row['rate']:.0f} | "
-                   f"{littles_bound(32 * row['replicas'], 0.3):.0f} |")
+    d = r.get("drain") or {"jobs": 0, "runs": []}
+    if d["runs"]:
+        out += ["", "## Draining a backlog", "",
+                f"{d['jobs']:,} jobs of 200 KB, emulator latency 300 ms, 32 in flight per replica "
+                "(Rust, results store on), timed from the replicas' start to the last result.", "",
+                "| replicas | time | jobs/s | bound (replicas × 32 / 0.3 s) |", "|---|---|---|---|"]
+        for row in d["runs"]:
+            out.append(f"| {row['replicas']} | {row['seconds']:.1f} s | {row['rate']:.0f} | "
+                       f"{littles_bound(32 * row['replicas'], 0.3):.0f} |")
     for label, rows in (r.get("profiles") or {}).items():
         if not rows:
             continue
@@ -300,61 +319,138 @@ def render_markdown(r):
             out.append(f"| {pct:.1f}% | {dso} | `{sym[:90]}` |")
     if r.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
-    out += ["", "Raw figures of every run: results.json. Chart: chart.png.", ""]
+    out += ["", "Raw figures of every run: results.json."
+            + (" Chart: chart.png." if chart_plan(r) else ""), ""]
     return "\n".join(out)
 
 
+def size_label(size_key):
+    return size_key.replace("KB", " KB").replace("MB", " MB")
+
+
+def chart_plan(r):
+    """What the chart draws, without drawing it (so the self-check can test
+    it offline): one panel per measured bar, each a list of groups with one
+    bar per kind that was measured (Rust store on, Rust no store, Python
+    side by side) and the bar's target per group. Panels, groups and kinds
+    that a partial run (`--only`, `--sizes`) did not measure are left out."""
+    panels = []
+    t = r["throughput"]
+
+    def series(groups):
+        """groups: [(label, {kind: value or None}, target)] -> the panel's
+        kinds (any measured), groups with a value per kind."""
+        kinds = [k for k in KINDS if any(g[1].get(k) is not None for g in groups)]
+        return kinds, [{"label": lbl, "values": {k: vals.get(k) for k in kinds},
+                        "target": target} for lbl, vals, target in groups]
+
+    groups = [("128 in flight, 300 ms, 200 KB",
+               {k: median([x.get("ratio") for x in t[k]]) for k in KINDS}, 0.95)]
+    kinds, gs = series(groups)
+    if kinds:
+        panels.append({"key": "throughput", "title": "Throughput / Little's-law bound",
+                       "ylabel": "fraction of the bound", "log": False, "kinds": kinds,
+                       "groups": gs, "target_label": "bar ≥ 0.95"})
+    groups = []
+    for size_key, size in (("200KB", 200 * KB), ("3MB", 3 * MB)):
+        c = r["cpu"][size_key]
+        vals = {k: median([x.get("cpu_per_job") for x in c[k]]) for k in KINDS}
+        if any(v is not None for v in vals.values()):
+            groups.append((size_label(size_key), {k: v and v * 1e3 for k, v in vals.items()},
+                           cpu_bar_s(size) * 1e3))
+    kinds, gs = series(groups)
+    if kinds:
+        for g in gs:
+            py = g["values"].get("python")
+            # The 10x bar: a tenth of Python's CPU in the same run.
+            g["target2"] = py / 10 if py else None
+        panels.append({"key": "cpu", "title": "Worker CPU per job, 0 ms latency",
+                       "ylabel": "ms CPU per job (log)", "log": True, "kinds": kinds,
+                       "groups": gs, "target_label": "bar: 100 µs + 1.5 ns/byte",
+                       "target2_label": "bar: Python / 10"})
+    groups = []
+    rss_runs = [("throughput", t, "128 × 200 KB", 128, 200 * KB)]
+    rss_runs += [(f"cpu {s}", r["cpu"][s], f"32 × {size_label(s)}", 32, n)
+                 for s, n in (("200KB", 200 * KB), ("3MB", 3 * MB))]
+    for _, rows, label, in_flight, size in rss_runs:
+        vals = {k: median([x.get("peak_rss") for x in rows[k]]) for k in KINDS}
+        if any(v is not None for v in vals.values()):
+            groups.append((label, {k: v and v / MB for k, v in vals.items()},
+                           rss_bar_bytes(in_flight, size) / MB))
+    kinds, gs = series(groups)
+    if kinds:
+        panels.append({"key": "rss_compared", "title": "Peak RSS in the compared runs",
+                       "ylabel": "MB (log)", "log": True, "kinds": kinds, "groups": gs,
+                       "target_label": "bar: 40 MB + 1.5 × in flight × size"})
+    if r.get("rss"):
+        gs = [{"label": f"{x['in_flight']}" + (f"\n{x['queued']:,} q" if x.get("queued") else ""),
+               "values": {"rust_store": x["peak_rss"] / MB},
+               "target": rss_bar_bytes(x["in_flight"], x["image_bytes"]) / MB}
+              for x in r["rss"]]
+        panels.append({"key": "rss", "title": "Peak RSS, 3 MB images (Rust only)\nby jobs in flight (and queued)",
+                       "ylabel": "MB (log)", "log": True, "kinds": ["rust_store"], "groups": gs,
+                       "target_label": "bar"})
+    ins = r.get("instructions") or {}
+    groups = []
+    for size_key in ("200KB", "3MB"):
+        vals = {k: (ins.get(k) or {}).get(size_key, {}).get("per_job") for k in KINDS}
+        if any(v is not None for v in vals.values()):
+            committed = (ins.get("committed") or {}).get(f"rust_store/{size_key}")
+            groups.append((size_label(size_key), {k: v and v / 1e6 for k, v in vals.items()},
+                           committed and committed / 1e6))
+    kinds, gs = series(groups)
+    if kinds:
+        panels.append({"key": "instructions", "title": "Instructions per job (callgrind)",
+                       "ylabel": "million instructions per job", "log": False, "kinds": kinds,
+                       "groups": gs, "target_label": "committed figure"})
+    return panels
+
+
 def render_chart(r, path):
+    """Draws chart_plan(r) into `path` (PNG); nothing when nothing was measured."""
+    panels = chart_plan(r)
+    if not panels:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     colors = {"rust_store": "#b7410e", "rust_nostore": "#e08a5a", "python": "#3572a5"}
-    labels = {"rust_store": "Rust (store)", "rust_nostore": "Rust (no store)",
-              "python": "Python"}
-    ax = axes[0]
-    t = r["throughput"]
-    keys = [k for k in ("rust_store", "rust_nostore", "python") if t[k]]
-    vals = [median([x["ratio"] for x in t[k]]) for k in keys]
-    ax.bar([labels[k] for k in keys], vals, color=[colors[k] for k in keys])
-    ax.axhline(0.95, color="k", ls="--", lw=1, label="bar 0.95")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Throughput / Little's-law bound\n128 in flight, 300 ms, 200 KB")
-    ax.legend(loc="upper right")
-    ax = axes[1]
-    width = 0.27
-    sizes = ["200KB", "3MB"]
-    for i, k in enumerate(("rust_store", "rust_nostore", "python")):
-        vals = [median([x["cpu_per_job"] for x in r["cpu"][s][k]]) for s in sizes]
-        vals = [v * 1e3 if v is not None else 0 for v in vals]
-        ax.bar([j + (i - 1) * width for j in range(2)], vals, width, color=colors[k],
-               label=labels[k])
-    for j, s in enumerate(sizes):
-        bar = cpu_bar_s(200 * KB if s == "200KB" else 3 * MB) * 1e3
-        ax.hlines(bar, j - 1.5 * width, j + 1.5 * width, color="k", ls="--", lw=1)
-    ax.set_yscale("log")
-    ax.set_xticks(range(2), ["200 KB", "3 MB"])
-    ax.set_ylabel("ms CPU per job (log)")
-    ax.set_title("Worker CPU per job, 0 ms latency\n(dashed: bar)")
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    rows = r["rss"]
-    names = [f"{x['in_flight']}" + (f"\n{x['queued']:,} q" if x.get("queued") else "")
-             for x in rows]
-    ax.bar(names, [x["peak_rss"] / MB for x in rows], color=colors["rust_store"],
-           label="peak RSS")
-    ax.plot(names, [rss_bar_bytes(x["in_flight"], x["image_bytes"]) / MB for x in rows],
-            "k_", ms=30, mew=2, label="bar")
-    ax.set_yscale("log")
-    ax.set_ylabel("MB (log)")
-    ax.set_title("Rust peak RSS, 3 MB images\nby jobs in flight (and queued)")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.8), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        n = len(p["kinds"])
+        width = 0.8 / n
+        for i, k in enumerate(p["kinds"]):
+            xs = [j + (i - (n - 1) / 2) * width for j in range(len(p["groups"]))]
+            vals = [g["values"].get(k) for g in p["groups"]]
+            ax.bar([x for x, v in zip(xs, vals) if v is not None],
+                   [v for v in vals if v is not None], width, color=colors[k],
+                   label=KIND_LABELS[k])
+        for target, style, label in (("target", "--", p["target_label"]),
+                                     ("target2", ":", p.get("target2_label"))):
+            first = True
+            for j, g in enumerate(p["groups"]):
+                if g.get(target) is None:
+                    continue
+                ax.hlines(g[target], j - 0.45, j + 0.45, color="k", ls=style, lw=1.2,
+                          label=label if first else None)
+                first = False
+        ax.set_xticks(range(len(p["groups"])), [g["label"] for g in p["groups"]], fontsize=8)
+        if p["log"]:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylabel(p["ylabel"])
+        ax.set_title(p["title"], fontsize=10)
+        ax.legend(fontsize=7)
     fig.suptitle(f"liveness-worker benchmark, {r['date']}, {r['machine']['cores']} cores "
                  f"({r['machine']['cpu']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def self_check():
@@ -388,6 +484,31 @@ def self_check():
     md = render_markdown(fake)
     assert "| Throughput, 128 in flight" in md and "**not met**" in md and "met |" in md
     assert "0.90 of the bound" in md and "14.0× less" in md, md
+    assert "## Draining a backlog" in md and "Chart: chart.png" in md
+    plan = chart_plan(fake)
+    assert [p["key"] for p in plan] == ["throughput", "cpu", "rss_compared", "rss"], plan
+    for p in plan[:3]:
+        # Rust store on, Rust no store and Python side by side, for each bar.
+        assert p["kinds"] == list(KINDS), p
+    assert [g["label"] for g in plan[2]["groups"]] == ["128 × 200 KB", "32 × 200 KB", "32 × 3 MB"]
+    assert abs(plan[1]["groups"][0]["target2"] - 0.42) < 1e-9, plan[1]
+    # A partial run (--only cpu --sizes 200KB) shows what it measured, nothing else.
+    part = fake_results()
+    part["throughput"] = {"bound": 426.7, "rust_store": [], "rust_nostore": [], "python": []}
+    part["cpu"]["3MB"] = {k: [] for k in KINDS}
+    part["cpu"]["200KB"]["python"] = []
+    part["rss"], part["drain"] = [], {"jobs": 0, "runs": []}
+    md = render_markdown(part)
+    for absent in ("Draining", "0 jobs", "Peak RSS,", "Throughput,", "throughput / bound",
+                   "3MB", "3 MB", "Where the machine's CPU went", "vs Python", "Python"):
+        assert absent not in md, (absent, md)
+    assert "| CPU per job, 200KB (0 ms) | 400 µs | 300 µs |" in md, md
+    plan = chart_plan(part)
+    assert [p["key"] for p in plan] == ["cpu", "rss_compared"], plan
+    assert plan[0]["kinds"] == ["rust_store", "rust_nostore"] and len(plan[0]["groups"]) == 1
+    assert plan[0]["groups"][0]["target2"] is None
+    empty = dict(part, cpu={s: {k: [] for k in KINDS} for s in ("200KB", "3MB")})
+    assert chart_plan(empty) == [] and "Chart" not in render_markdown(empty)
     print("bench self-check: ok")
 
 
