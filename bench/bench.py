@@ -580,16 +580,20 @@ def chart_plan(r):
     ins = r.get("instructions") or {}
     groups = []
     for size_key in ("200KB", "3MB"):
-        vals = {k: (ins.get(k) or {}).get(size_key, {}).get("per_job") for k in KINDS}
-        if any(v is not None for v in vals.values()):
-            committed = (ins.get("committed") or {}).get(f"rust_store/{size_key}")
-            groups.append((size_label(size_key), {k: v and v / 1e6 for k, v in vals.items()},
-                           committed and committed / 1e6))
+        for field, suffix, what in (("per_job", "", "all"),
+                                    ("per_job_outside_byte_work", "/outside-byte-work",
+                                     "outside per-byte work")):
+            vals = {k: (ins.get(k) or {}).get(size_key, {}).get(field) for k in KINDS}
+            if any(v is not None for v in vals.values()):
+                committed = (ins.get("committed") or {}).get(f"rust_store/{size_key}{suffix}")
+                groups.append((f"{size_label(size_key)}\n{what}",
+                               {k: v and v / 1e6 for k, v in vals.items()},
+                               committed and committed / 1e6))
     kinds, gs = series(groups)
     if kinds:
         panels.append({"key": "instructions", "title": "Instructions per job (callgrind)",
-                       "ylabel": "million instructions per job", "log": False, "kinds": kinds,
-                       "groups": gs, "target_label": "committed figure"})
+                       "ylabel": "million instructions per job (log)", "log": True,
+                       "kinds": kinds, "groups": gs, "target_label": "committed figure"})
     return panels
 
 
