@@ -112,6 +112,103 @@ def window_rate(samples, total, lo=0.1, hi=0.9):
     return (b - a) / (tb - ta)
 
 
+def parse_s3_metrics(text):
+    """{"requests": {op: n}, "written_bytes": {op: n}} from the worker's
+    /metrics text (liveness_s3_requests_total, liveness_s3_written_bytes_total)."""
+    out = {"requests": {}, "written_bytes": {}}
+    for line in text.splitlines():
+        m = re.match(r'liveness_s3_(requests|written_bytes)_total\{op="(\w+)"\}\s+([\d.e+]+)', line)
+        if m:
+            kind = "requests" if m.group(1) == "requests" else "written_bytes"
+            out[kind][m.group(2)] = int(float(m.group(3)))
+    return out
+
+
+def parse_callgrind_total(text):
+    """Instructions executed (Ir) by the whole process, from a callgrind
+    output file (its `summary:` or `totals:` line)."""
+    m = re.findall(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+    if not m:
+        raise ValueError("no summary or totals line in the callgrind output")
+    return max(int(x) for x in m)
+
+
+def callgrind_self_costs(text):
+    """{function: instructions executed in it (self cost)} from a callgrind
+    output file (one event, Ir; names possibly compressed as `(id) name`).
+    The cost line after a `calls=` line is the call's inclusive cost and
+    belongs to the callee, not to the caller's self cost."""
+    names, costs = {}, {}
+    current, skip = None, False
+
+    def name(spec):
+        m = re.match(r"\((\d+)\)(?:\s+(.*))?$", spec)
+        if not m:
+            return spec
+        if m.group(2) is not None:
+            names[m.group(1)] = m.group(2)
+        return names.get(m.group(1), spec)
+
+    for line in text.splitlines():
+        if line.startswith("fn="):
+            current = name(line[3:])
+        elif line.startswith("cfn="):
+            name(line[4:])
+        elif line.startswith("calls="):
+            skip = True
+        elif line and (line[0].isdigit() or line[0] in "+-*"):
+            if skip:
+                skip = False
+                continue
+            parts = line.split()
+            if len(parts) >= 2 and current is not None:
+                costs[current] = costs.get(current, 0) + int(parts[-1])
+    return costs
+
+
+# The work done per image byte: SHA-256 compression, copies and fills, base64.
+# Under valgrind the CPU's SHA extensions are hidden (SHA-256 runs in
+# software, which natively it does not), and how many times a body is copied
+# depends on how it arrived (one chunk or several): a count that is large,
+# and the part of the count that varies from run to run.
+BYTE_WORK = re.compile(r"^(sha2::sha256::(compress256|soft::|x86::)|__mem(cpy|move|set)|"
+                       r"base64_simd::)|sha256_block_data_order")
+
+
+def split_byte_work(costs):
+    """(per-byte work, everything else) instructions of a process."""
+    bulk = sum(v for k, v in costs.items() if BYTE_WORK.search(k))
+    return bulk, sum(costs.values()) - bulk
+
+
+def per_job_instructions(runs):
+    """(per job, fixed) from callgrind runs [(jobs, Ir)] of the same worker
+    with different job counts: the least-squares line through them, so what
+    every run pays once (start-up, connecting, the drain) is the intercept
+    and not counted per job."""
+    if len({j for j, _ in runs}) < 2:
+        raise ValueError("need runs with at least two different job counts")
+    n = len(runs)
+    mj = sum(j for j, _ in runs) / n
+    mi = sum(i for _, i in runs) / n
+    slope = (sum((j - mj) * (i - mi) for j, i in runs)
+             / sum((j - mj) ** 2 for j, _ in runs))
+    return slope, mi - slope * mj
+
+
+def check_instructions(measured, committed):
+    """Compares instructions per job with the committed figures
+    (bench/instructions.json): [(key, measured, committed, limit, ok)] for
+    every committed key; a key not measured fails."""
+    rows = []
+    tol = committed["tolerance"]
+    for key, ref in sorted(committed["per_job"].items()):
+        got = measured.get(key)
+        limit = ref * (1 + tol)
+        rows.append((key, got, ref, limit, got is not None and got <= limit))
+    return rows
+
+
 def png(seed, min_bytes):
     """A valid RGB PNG of about `min_bytes` whose pixels are noise from
     `seed` (stored, not compressed, so its size is what was asked)."""
@@ -154,6 +251,135 @@ def verdict(ok):
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
+
+
+KINDS = ("rust_store", "rust_nostore", "python")
+# Why each S3 request a job makes is there (docs/benchmark.md#s3-requests-per-job).
+S3_REASONS = {
+    "image_get": "the job's image (GetObject): the bytes the vendor checks",
+    "outcome_get": "pay-once lookup of outcomes/<job_id>.json (GetObject, 404 for a new job), "
+                   "after the claim and before any vendor call; the claim cannot answer it "
+                   "(Redis keeps no record of outcomes and may restart empty)",
+    "outcome_put": "the outcome, stored before the result is published (PutObject, "
+                   "If-None-Match: *), with the delivery's vendor attempts folded in: the "
+                   "audit trail of a job that got a verdict costs no request of its own",
+    "attempts_put": "the audit record of a delivery that called the vendor without an outcome "
+                    "(ladder, dead letter); none on the way to a verdict",
+    "pending_get": "Argos callback mode: the pending record, read by a callback or the wait sweep",
+    "pending_put": "Argos callback mode: the pending record, before the submission",
+    "pending_delete": "Argos callback mode: the pending record, once settled",
+    "other": "start-up (the results bucket checked once per process)",
+}
+KIND_LABELS = {"rust_store": "Rust (store on)", "rust_nostore": "Rust (no store)",
+               "python": "Python (no store)"}
+
+
+def trio(rows, f, key):
+    """One cell per kind (Rust store on, Rust no store, Python): `f` of the
+    median of `key` over that kind's runs, "–" for a kind not measured."""
+    return [f(median([x.get(key) for x in rows[k]])) if rows[k] else "–" for k in KINDS]
+
+
+def side_by_side_rows(r):
+    """The rows of the side-by-side table, [(measure, [three cells])]; a
+    row nothing was measured for is left out."""
+    t = r["throughput"]
+    bound = t["bound"]
+    rows = []
+    ratio_f = (lambda v: "–" if v is None else f"{v:.2f} ({v * bound:.0f} jobs/s)")
+    rows.append(("throughput / bound (128 in flight, 300 ms)", trio(t, ratio_f, "ratio")))
+    ms_f = (lambda v: "–" if v is None else f"{v:.0f} ms")
+    for part in ("fetch", "vendor", "total"):
+        for q in ("p50", "p99"):
+            cells = []
+            for k in KINDS:
+                xs = [x.get("timings_ms", {}).get(part, {}) for x in t[k]]
+                cells.append(ms_f(median([x.get(q) for x in xs if x])) if t[k] else "–")
+            rows.append((f"timings_ms.{part} {q} in that run", cells))
+    rows.append(("mean timings_ms.total in that run", [
+        ms_f(median([x.get("timings_ms", {}).get("total", {}).get("mean") for x in t[k]]))
+        if t[k] else "–" for k in KINDS]))
+    rows.append(("peak RSS in that run",
+                 trio(t, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss")))
+    for size_key in ("200KB", "3MB"):
+        c = r["cpu"][size_key]
+        rows.append((f"CPU per job, {size_key} (0 ms)",
+                     trio(c, lambda v: "–" if v is None else fmt_us(v), "cpu_per_job")))
+        rows.append((f"peak RSS, {size_key} run (32 in flight)",
+                     trio(c, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss")))
+    return [(name, cells) for name, cells in rows if any(c != "–" for c in cells)]
+
+
+def s3_section(r):
+    """The S3 requests (and bytes written) per job of the Rust worker, by
+    reason, from its own counters in the 200 KB CPU runs (the medians)."""
+    c = r["cpu"]["200KB"]
+    kinds = [k for k in ("rust_store", "rust_nostore")
+             if any(x.get("s3_per_job") for x in c[k])]
+    if not kinds:
+        return []
+    per = {k: {} for k in kinds}
+    for k in kinds:
+        runs = [x["s3_per_job"] for x in c[k] if x.get("s3_per_job")]
+        for part in ("requests", "written_bytes"):
+            ops = {op for x in runs for op in x.get(part, {})}
+            per[k][part] = {op: median([x.get(part, {}).get(op, 0) for x in runs]) for op in ops}
+    ops = [op for op in S3_REASONS if any(per[k]["requests"].get(op) for k in kinds)]
+    out = ["", "## S3 requests per job", "",
+           "Counted by the worker itself (`liveness_s3_requests_total{op}`, "
+           "`liveness_s3_written_bytes_total{op}`) in the 200 KB CPU runs, divided by the "
+           "jobs: every request a job makes and why. The Python baseline makes one, the "
+           "image GET.", "",
+           "| request | " + " | ".join(KIND_LABELS[k] for k in kinds) + " | why |",
+           "|---" * (len(kinds) + 2) + "|"]
+    for op in ops:
+        out.append(f"| `{op}` | " + " | ".join(f"{per[k]['requests'].get(op, 0):.2f}" for k in kinds)
+                   + f" | {S3_REASONS[op]} |")
+    out.append("| **total** | " + " | ".join(
+        f"**{sum(per[k]['requests'].values()):.2f}**" for k in kinds) + " | |")
+    out.append("| bytes written per job | " + " | ".join(
+        f"{sum(per[k]['written_bytes'].values()):,.0f}" for k in kinds)
+        + " | the outcome record (the published result, the image digests, the attempts) |")
+    return out
+
+
+def instructions_section(r):
+    """Instructions per job (callgrind) beside the CPU time per job."""
+    ins = r.get("instructions") or {}
+    rows = []
+    for size_key in ("200KB", "3MB"):
+        for k in ("rust_store", "rust_nostore"):
+            x = (ins.get(k) or {}).get(size_key)
+            if not x:
+                continue
+            cpu = median([y.get("cpu_per_job") for y in r["cpu"][size_key][k]])
+            committed = ins.get("committed") or {}
+            c_total = committed.get(f"{k}/{size_key}")
+            c_other = committed.get(f"{k}/{size_key}/outside-byte-work")
+            rows.append(f"| {size_label(size_key)}, {KIND_LABELS[k]} | {x['per_job'] / 1e6:.2f} M | "
+                        f"{x['per_job_outside_byte_work'] / 1e6:.2f} M | {x['fixed'] / 1e6:.0f} M | "
+                        + ("–" if cpu is None else fmt_us(cpu)) + " | "
+                        + ("–" if not c_total else
+                           f"{c_total / 1e6:.2f} M / {(c_other or 0) / 1e6:.2f} M") + " |")
+    if not rows:
+        return []
+    return ["", "## Instructions per job (callgrind)", "",
+            "Instructions the Rust worker process executes per job (all threads), counted by "
+            "valgrind's callgrind at 0 ms emulator latency against the real services: a count, "
+            "not a time, so other load on the machine does not change it. Each run is a whole "
+            "worker process; the per-job figure is the slope through runs of N and 2N jobs, "
+            "so start-up and the drain (the fixed part) do not count. Under valgrind the CPU's "
+            "SHA extensions and AVX-512 are not available (SHA-256 runs in software), so the "
+            "count weighs hashing far more than the native CPU time does. The figure outside "
+            "per-byte work (SHA-256 compression, memcpy/memset, base64) is the rest of the "
+            "worker's code: the requests, the protocol, the JSON, the bookkeeping, and the "
+            "steadier figure (the number of copies depends on how bodies arrive). Kernel time "
+            "(about 40% of the native CPU time) is not counted. "
+            "`scripts/bench.sh --check` fails when the store-on figure grows more than the "
+            "tolerance of bench/instructions.json above it.", "",
+            "| workload | instructions per job | outside per-byte work | fixed (start-up, drain) "
+            "| CPU per job (native, this run) | committed (all / outside per-byte work) |",
+            "|---|---|---|---|---|---|"] + rows
 
 
 def render_markdown(r):
@@ -228,41 +454,18 @@ def render_markdown(r):
                 "to the vendor's 300 ms limits it, above all the S3 fetch's tail.")
     if notes:
         out += ["", "Reading the misses:", ""] + [f"- {n}" for n in notes]
-    out += ["", "## Rust and Python side by side (same run, alternating)", "",
-            "| measure | Rust (store on) | Rust (no store) | Python (no store) |",
-            "|---|---|---|---|"]
-
-    def trio(rows, f, key):
-        return [f(median([x.get(key) for x in rows[k]])) if rows[k] else "–"
-                for k in ("rust_store", "rust_nostore", "python")]
-
-    ratio_f = (lambda v: "–" if v is None else f"{v:.2f} ({v * bound:.0f} jobs/s)")
-    out.append("| throughput / bound (128 in flight, 300 ms) | "
-               + " | ".join(trio(t, ratio_f, "ratio")) + " |")
-    for part in ("fetch", "vendor", "total"):
-        f = (lambda v: "–" if v is None else f"{v:.0f} ms")
-        for q in ("p50", "p99"):
-            vals = []
-            for k in ("rust_store", "rust_nostore", "python"):
-                xs = [x.get("timings_ms", {}).get(part, {}) for x in t[k]]
-                vals.append(f(median([x.get(q) for x in xs if x])) if t[k] else "–")
-            out.append(f"| timings_ms.{part} {q} in that run | " + " | ".join(vals) + " |")
-    out.append("| mean timings_ms.total in that run | " + " | ".join(
-        f"{median([x.get('timings_ms', {}).get('total', {}).get('mean') for x in t[k]]):.0f} ms"
-        if t[k] and median([x.get('timings_ms', {}).get('total', {}).get('mean') for x in t[k]])
-        else "–" for k in ("rust_store", "rust_nostore", "python")) + " |")
-    out.append("| peak RSS in that run | "
-               + " | ".join(trio(t, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss"))
-               + " |")
-    for size_key in ("200KB", "3MB"):
-        c = r["cpu"][size_key]
-        out.append(f"| CPU per job, {size_key} (0 ms) | "
-                   + " | ".join(trio(c, lambda v: "–" if v is None else fmt_us(v), "cpu_per_job"))
-                   + " |")
-        out.append(f"| peak RSS, {size_key} run (32 in flight) | "
-                   + " | ".join(trio(c, lambda v: "–" if v is None else fmt_bytes(v), "peak_rss"))
-                   + " |")
-    if any(t[k] for k in ("rust_store", "rust_nostore", "python")):
+    side = side_by_side_rows(r)
+    if side:
+        # Only the kinds this run measured get a column.
+        cols = [i for i in range(len(KINDS)) if any(cells[i] != "–" for _, cells in side)]
+        title = ("Rust and Python side by side" if 2 in cols
+                 else "Rust with and without the results store")
+        out += ["", f"## {title} (same run, alternating)", "",
+                "| measure | " + " | ".join(KIND_LABELS[KINDS[i]] for i in cols) + " |",
+                "|---" * (len(cols) + 1) + "|"]
+        out += ["| " + " | ".join([name] + [cells[i] for i in cols]) + " |"
+                for name, cells in side]
+    if any(x.get("cpu_per_job") is not None for k in KINDS for x in t[k]):
         out += ["", "## Where the machine's CPU went in the throughput runs", "",
                 "CPU time per job of each process during the measured window (medians of the "
                 "rounds), and how busy the machine's cores were.", "",
@@ -272,21 +475,24 @@ def render_markdown(r):
         out.append("| the worker | " + " | ".join(trio(t, ms, "cpu_per_job")) + " |")
         for name in ("rabbitmq", "garage", "emulator", "everything else"):
             vals = []
-            for k in ("rust_store", "rust_nostore", "python"):
+            for k in KINDS:
                 v = median([x.get("others_cpu_per_job", {}).get(name) for x in t[k]])
                 vals.append(ms(v))
             out.append(f"| {name} | " + " | ".join(vals) + " |")
         out.append("| machine busy | " + " | ".join(
             trio(t, lambda v: "–" if v is None else f"{v * 100:.0f}% of {r['machine']['cores']} cores",
                  "machine_busy")) + " |")
-    d = r["drain"]
-    out += ["", "## Draining a backlog", "",
-            f"{d['jobs']:,} jobs of 200 KB, emulator latency 300 ms, 32 in flight per replica "
-            "(Rust, results store on), timed from the replicas' start to the last result.", "",
-            "| replicas | time | jobs/s | bound (replicas × 32 / 0.3 s) |", "|---|---|---|---|"]
-    for row in d["runs"]:
-        out.append(f"| {row['replicas']} | {row['seconds']:.1f} s | {row['rate']:.0f} | "
-                   f"{littles_bound(32 * row['replicas'], 0.3):.0f} |")
+    out += s3_section(r)
+    out += instructions_section(r)
+    d = r.get("drain") or {"jobs": 0, "runs": []}
+    if d["runs"]:
+        out += ["", "## Draining a backlog", "",
+                f"{d['jobs']:,} jobs of 200 KB, emulator latency 300 ms, 32 in flight per replica "
+                "(Rust, results store on), timed from the replicas' start to the last result.", "",
+                "| replicas | time | jobs/s | bound (replicas × 32 / 0.3 s) |", "|---|---|---|---|"]
+        for row in d["runs"]:
+            out.append(f"| {row['replicas']} | {row['seconds']:.1f} s | {row['rate']:.0f} | "
+                       f"{littles_bound(32 * row['replicas'], 0.3):.0f} |")
     for label, rows in (r.get("profiles") or {}).items():
         if not rows:
             continue
@@ -300,61 +506,142 @@ def render_markdown(r):
             out.append(f"| {pct:.1f}% | {dso} | `{sym[:90]}` |")
     if r.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
-    out += ["", "Raw figures of every run: results.json. Chart: chart.png.", ""]
+    out += ["", "Raw figures of every run: results.json."
+            + (" Chart: chart.png." if chart_plan(r) else ""), ""]
     return "\n".join(out)
 
 
+def size_label(size_key):
+    return size_key.replace("KB", " KB").replace("MB", " MB")
+
+
+def chart_plan(r):
+    """What the chart draws, without drawing it (so the self-check can test
+    it offline): one panel per measured bar, each a list of groups with one
+    bar per kind that was measured (Rust store on, Rust no store, Python
+    side by side) and the bar's target per group. Panels, groups and kinds
+    that a partial run (`--only`, `--sizes`) did not measure are left out."""
+    panels = []
+    t = r["throughput"]
+
+    def series(groups):
+        """groups: [(label, {kind: value or None}, target)] -> the panel's
+        kinds (any measured), groups with a value per kind."""
+        kinds = [k for k in KINDS if any(g[1].get(k) is not None for g in groups)]
+        return kinds, [{"label": lbl, "values": {k: vals.get(k) for k in kinds},
+                        "target": target} for lbl, vals, target in groups]
+
+    groups = [("128 in flight, 300 ms, 200 KB",
+               {k: median([x.get("ratio") for x in t[k]]) for k in KINDS}, 0.95)]
+    kinds, gs = series(groups)
+    if kinds:
+        panels.append({"key": "throughput", "title": "Throughput / Little's-law bound",
+                       "ylabel": "fraction of the bound", "log": False, "kinds": kinds,
+                       "groups": gs, "target_label": "bar ≥ 0.95"})
+    groups = []
+    for size_key, size in (("200KB", 200 * KB), ("3MB", 3 * MB)):
+        c = r["cpu"][size_key]
+        vals = {k: median([x.get("cpu_per_job") for x in c[k]]) for k in KINDS}
+        if any(v is not None for v in vals.values()):
+            groups.append((size_label(size_key), {k: v and v * 1e3 for k, v in vals.items()},
+                           cpu_bar_s(size) * 1e3))
+    kinds, gs = series(groups)
+    if kinds:
+        for g in gs:
+            py = g["values"].get("python")
+            # The 10x bar: a tenth of Python's CPU in the same run.
+            g["target2"] = py / 10 if py else None
+        panels.append({"key": "cpu", "title": "Worker CPU per job, 0 ms latency",
+                       "ylabel": "ms CPU per job (log)", "log": True, "kinds": kinds,
+                       "groups": gs, "target_label": "bar: 100 µs + 1.5 ns/byte",
+                       "target2_label": "bar: Python / 10"})
+    groups = []
+    rss_runs = [("throughput", t, "128 × 200 KB", 128, 200 * KB)]
+    rss_runs += [(f"cpu {s}", r["cpu"][s], f"32 × {size_label(s)}", 32, n)
+                 for s, n in (("200KB", 200 * KB), ("3MB", 3 * MB))]
+    for _, rows, label, in_flight, size in rss_runs:
+        vals = {k: median([x.get("peak_rss") for x in rows[k]]) for k in KINDS}
+        if any(v is not None for v in vals.values()):
+            groups.append((label, {k: v and v / MB for k, v in vals.items()},
+                           rss_bar_bytes(in_flight, size) / MB))
+    kinds, gs = series(groups)
+    if kinds:
+        panels.append({"key": "rss_compared", "title": "Peak RSS in the compared runs",
+                       "ylabel": "MB (log)", "log": True, "kinds": kinds, "groups": gs,
+                       "target_label": "bar: 40 MB + 1.5 × in flight × size"})
+    if r.get("rss"):
+        gs = [{"label": f"{x['in_flight']}" + (f"\n{x['queued']:,} q" if x.get("queued") else ""),
+               "values": {"rust_store": x["peak_rss"] / MB},
+               "target": rss_bar_bytes(x["in_flight"], x["image_bytes"]) / MB}
+              for x in r["rss"]]
+        panels.append({"key": "rss", "title": "Peak RSS, 3 MB images (Rust only)\nby jobs in flight (and queued)",
+                       "ylabel": "MB (log)", "log": True, "kinds": ["rust_store"], "groups": gs,
+                       "target_label": "bar"})
+    ins = r.get("instructions") or {}
+    groups = []
+    for size_key in ("200KB", "3MB"):
+        for field, suffix, what in (("per_job", "", "all"),
+                                    ("per_job_outside_byte_work", "/outside-byte-work",
+                                     "outside per-byte work")):
+            vals = {k: (ins.get(k) or {}).get(size_key, {}).get(field) for k in KINDS}
+            if any(v is not None for v in vals.values()):
+                committed = (ins.get("committed") or {}).get(f"rust_store/{size_key}{suffix}")
+                groups.append((f"{size_label(size_key)}\n{what}",
+                               {k: v and v / 1e6 for k, v in vals.items()},
+                               committed and committed / 1e6))
+    kinds, gs = series(groups)
+    if kinds:
+        panels.append({"key": "instructions", "title": "Instructions per job (callgrind)",
+                       "ylabel": "million instructions per job (log)", "log": True,
+                       "kinds": kinds, "groups": gs, "target_label": "committed figure"})
+    return panels
+
+
 def render_chart(r, path):
+    """Draws chart_plan(r) into `path` (PNG); nothing when nothing was measured."""
+    panels = chart_plan(r)
+    if not panels:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     colors = {"rust_store": "#b7410e", "rust_nostore": "#e08a5a", "python": "#3572a5"}
-    labels = {"rust_store": "Rust (store)", "rust_nostore": "Rust (no store)",
-              "python": "Python"}
-    ax = axes[0]
-    t = r["throughput"]
-    keys = [k for k in ("rust_store", "rust_nostore", "python") if t[k]]
-    vals = [median([x["ratio"] for x in t[k]]) for k in keys]
-    ax.bar([labels[k] for k in keys], vals, color=[colors[k] for k in keys])
-    ax.axhline(0.95, color="k", ls="--", lw=1, label="bar 0.95")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Throughput / Little's-law bound\n128 in flight, 300 ms, 200 KB")
-    ax.legend(loc="upper right")
-    ax = axes[1]
-    width = 0.27
-    sizes = ["200KB", "3MB"]
-    for i, k in enumerate(("rust_store", "rust_nostore", "python")):
-        vals = [median([x["cpu_per_job"] for x in r["cpu"][s][k]]) for s in sizes]
-        vals = [v * 1e3 if v is not None else 0 for v in vals]
-        ax.bar([j + (i - 1) * width for j in range(2)], vals, width, color=colors[k],
-               label=labels[k])
-    for j, s in enumerate(sizes):
-        bar = cpu_bar_s(200 * KB if s == "200KB" else 3 * MB) * 1e3
-        ax.hlines(bar, j - 1.5 * width, j + 1.5 * width, color="k", ls="--", lw=1)
-    ax.set_yscale("log")
-    ax.set_xticks(range(2), ["200 KB", "3 MB"])
-    ax.set_ylabel("ms CPU per job (log)")
-    ax.set_title("Worker CPU per job, 0 ms latency\n(dashed: bar)")
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    rows = r["rss"]
-    names = [f"{x['in_flight']}" + (f"\n{x['queued']:,} q" if x.get("queued") else "")
-             for x in rows]
-    ax.bar(names, [x["peak_rss"] / MB for x in rows], color=colors["rust_store"],
-           label="peak RSS")
-    ax.plot(names, [rss_bar_bytes(x["in_flight"], x["image_bytes"]) / MB for x in rows],
-            "k_", ms=30, mew=2, label="bar")
-    ax.set_yscale("log")
-    ax.set_ylabel("MB (log)")
-    ax.set_title("Rust peak RSS, 3 MB images\nby jobs in flight (and queued)")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.8), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        n = len(p["kinds"])
+        width = 0.8 / n
+        for i, k in enumerate(p["kinds"]):
+            xs = [j + (i - (n - 1) / 2) * width for j in range(len(p["groups"]))]
+            vals = [g["values"].get(k) for g in p["groups"]]
+            ax.bar([x for x, v in zip(xs, vals) if v is not None],
+                   [v for v in vals if v is not None], width, color=colors[k],
+                   label=KIND_LABELS[k])
+        for target, style, label in (("target", "--", p["target_label"]),
+                                     ("target2", ":", p.get("target2_label"))):
+            first = True
+            for j, g in enumerate(p["groups"]):
+                if g.get(target) is None:
+                    continue
+                ax.hlines(g[target], j - 0.45, j + 0.45, color="k", ls=style, lw=1.2,
+                          label=label if first else None)
+                first = False
+        ax.set_xticks(range(len(p["groups"])), [g["label"] for g in p["groups"]], fontsize=8)
+        if p["log"]:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylabel(p["ylabel"])
+        ax.set_title(p["title"], fontsize=10)
+        ax.legend(fontsize=7)
     fig.suptitle(f"liveness-worker benchmark, {r['date']}, {r['machine']['cores']} cores "
                  f"({r['machine']['cpu']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def self_check():
@@ -388,6 +675,70 @@ def self_check():
     md = render_markdown(fake)
     assert "| Throughput, 128 in flight" in md and "**not met**" in md and "met |" in md
     assert "0.90 of the bound" in md and "14.0× less" in md, md
+    assert "## Draining a backlog" in md and "Chart: chart.png" in md
+    plan = chart_plan(fake)
+    assert [p["key"] for p in plan] == ["throughput", "cpu", "rss_compared", "rss"], plan
+    for p in plan[:3]:
+        # Rust store on, Rust no store and Python side by side, for each bar.
+        assert p["kinds"] == list(KINDS), p
+    assert [g["label"] for g in plan[2]["groups"]] == ["128 × 200 KB", "32 × 200 KB", "32 × 3 MB"]
+    assert abs(plan[1]["groups"][0]["target2"] - 0.42) < 1e-9, plan[1]
+    # A partial run (--only cpu --sizes 200KB) shows what it measured, nothing else.
+    part = fake_results()
+    part["throughput"] = {"bound": 426.7, "rust_store": [], "rust_nostore": [], "python": []}
+    part["cpu"]["3MB"] = {k: [] for k in KINDS}
+    part["cpu"]["200KB"]["python"] = []
+    part["rss"], part["drain"] = [], {"jobs": 0, "runs": []}
+    md = render_markdown(part)
+    for absent in ("Draining", "0 jobs", "Peak RSS,", "Throughput,", "throughput / bound",
+                   "3MB", "3 MB", "Where the machine's CPU went", "vs Python", "Python"):
+        assert absent not in md, (absent, md)
+    assert "| CPU per job, 200KB (0 ms) | 400 µs | 300 µs |" in md, md
+    plan = chart_plan(part)
+    assert [p["key"] for p in plan] == ["cpu", "rss_compared"], plan
+    assert plan[0]["kinds"] == ["rust_store", "rust_nostore"] and len(plan[0]["groups"]) == 1
+    assert plan[0]["groups"][0]["target2"] is None
+    assert "## S3 requests per job" not in md and "Instructions per job" not in md
+    # S3 requests per job and instructions per job, when measured.
+    full = fake_results()
+    full["cpu"]["200KB"]["rust_store"][0]["s3_per_job"] = {
+        "requests": {"image_get": 1.0, "outcome_get": 1.0, "outcome_put": 1.0, "other": 0.01},
+        "written_bytes": {"outcome_put": 1500.0}}
+    full["cpu"]["200KB"]["rust_nostore"][0]["s3_per_job"] = {
+        "requests": {"image_get": 1.0}, "written_bytes": {}}
+    full["instructions"] = {"committed": {"rust_store/200KB": 5_000_000,
+                                          "rust_store/200KB/outside-byte-work": 2_000_000},
+                            "rust_store": {"200KB": {"per_job": 5.1e6, "fixed": 9e8,
+                                                     "per_job_outside_byte_work": 2.05e6,
+                                                     "runs": [[30, 1.053e9, 9e7]]}}}
+    md = render_markdown(full)
+    assert "| `outcome_put` | 1.00 | 0.00 |" in md and "| **total** | **3.01** | **1.00** |" in md, md
+    assert "| bytes written per job | 1,500 | 0 |" in md, md
+    assert "| 200 KB, Rust (store on) | 5.10 M | 2.05 M | 900 M | 400 µs | 5.00 M / 2.00 M |" in md, md
+    cg = ("events: Ir\nsummary: 1111\nfn=(1) main\n0 100\ncfn=(2) sha2::sha256::compress256\n"
+          "calls=1 0\n0 1000\n+1 10\nfn=(2)\n0 1000\nfn=(3) other\n* 1\ntotals: 1111\n")
+    costs = callgrind_self_costs(cg)
+    assert costs == {"main": 110, "sha2::sha256::compress256": 1000, "other": 1}, costs
+    assert split_byte_work(costs) == (1000, 111)
+    assert [p["key"] for p in chart_plan(full)][-1] == "instructions"
+    metrics = ('# HELP liveness_s3_requests S3 requests\n'
+               'liveness_s3_requests_total{op="image_get"} 30\n'
+               'liveness_s3_requests_total{op="outcome_put"} 30\n'
+               'liveness_s3_written_bytes_total{op="outcome_put"} 45123\n'
+               'liveness_jobs_total{outcome="result"} 30\n')
+    assert parse_s3_metrics(metrics) == {"requests": {"image_get": 30, "outcome_put": 30},
+                                         "written_bytes": {"outcome_put": 45123}}
+    assert parse_callgrind_total("events: Ir\nsummary: 126375\nfn=x\n0 5\ntotals: 126375\n") == 126375
+    slope, fixed = per_job_instructions([(30, 1_000 + 30 * 7), (60, 1_000 + 60 * 7)])
+    assert abs(slope - 7) < 1e-9 and abs(fixed - 1000) < 1e-6
+    slope, fixed = per_job_instructions([(30, 1210), (60, 1420), (30, 1212), (60, 1418)])
+    assert abs(slope - 6.9333) < 1e-3, slope
+    committed = {"tolerance": 0.03, "per_job": {"rust_store/200KB": 1000}}
+    assert check_instructions({"rust_store/200KB": 1030}, committed)[0][4]
+    assert not check_instructions({"rust_store/200KB": 1031}, committed)[0][4]
+    assert not check_instructions({}, committed)[0][4]
+    empty = dict(part, cpu={s: {k: [] for k in KINDS} for s in ("200KB", "3MB")})
+    assert chart_plan(empty) == [] and "Chart" not in render_markdown(empty)
     print("bench self-check: ok")
 
 
@@ -498,8 +849,10 @@ class Bench:
 
     # -- setup
 
-    def upload_images(self):
+    def upload_images(self, labels=("200KB", "3MB")):
         for size, label, count in ((200 * KB, "200KB", 8), (3 * MB, "3MB", 4)):
+            if label not in labels:
+                continue
             uris = []
             for i in range(count):
                 key = f"bench/{self.run_id}/{label}-{i}.png"
@@ -546,15 +899,19 @@ class Bench:
             "LIVENESS_PROVIDERS__ARGOS__API_KEY": self.key,
             "LIVENESS_RESULTS__BUCKET": self.results_bucket if store else "",
             "LIVENESS_RESULTS__PREFIX": f"bench/{self.run_id}/",
-            "LIVENESS_TELEMETRY__LISTEN": "",
+            # The production configuration: claims in Redis with the results store.
+            "LIVENESS_COORDINATION__REDIS_URL":
+                os.environ.get("LIVENESS_TEST_REDIS_URL", "") if store else "",
+            "LIVENESS_TELEMETRY__LISTEN": "",  # set per replica in run()
             "LIVENESS_TELEMETRY__LOG_FORMAT": "json",
         })
         env.pop("RUST_LOG", None)
         return env
 
-    def spawn(self, kind, env, tag):
+    def spawn(self, kind, env, tag, wrap=()):
         cmd = ([self.a.worker_bin, "run"] if kind.startswith("rust")
                else [self.a.python, os.path.join(HERE, "python_worker.py")])
+        cmd = list(wrap) + cmd
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=open(f"{self.tmp}/{tag}.log", "w"))
 
@@ -640,6 +997,19 @@ class Bench:
         ch.close()
         return {k: percentiles(v) for k, v in got.items() if v}
 
+    def s3_requests(self, ports):
+        """The S3 requests (and bytes written) of the Rust replicas listening
+        on `ports`, summed; None for the Python worker."""
+        if not ports:
+            return None
+        total = {"requests": {}, "written_bytes": {}}
+        for port in ports:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+            for k, v in parse_s3_metrics(text.decode()).items():
+                for op, n in v.items():
+                    total[k][op] = total[k].get(op, 0) + n
+        return total
+
     def service_pids(self):
         """The processes that share the machine with the worker."""
         pids = {"emulator": self.emulator.pid}
@@ -676,12 +1046,43 @@ class Bench:
         for e in ("jobs_exchange", "results_exchange", "dead_exchange"):
             self.ch.exchange_delete(n[e])
 
+    def instructions(self, kind, label, jobs, concurrency, repeats=1):
+        """Instructions per job of the Rust worker (`kind`), counted by
+        valgrind's callgrind (instructions, not time: a busy machine does not
+        change them): the worker runs `jobs`, then 2 × `jobs` jobs of `label`
+        at 0 ms emulator latency, each run a whole process under callgrind,
+        `repeats` times; the per-job figure is the slope through the runs,
+        so start-up and the drain (the intercept) do not count."""
+        runs = []
+        for _ in range(repeats):
+            for n in (jobs, 2 * jobs):
+                out = f"{self.tmp}/callgrind-{kind}-{label}-{n}-{self.n + 1}.out"
+                wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                        "--dump-instr=no", "--dump-line=no"]
+                t = time.monotonic()
+                self.run(kind, label, n, concurrency, 0, wrap=wrap, exit_timeout=600)
+                with open(out) as f:
+                    text = f.read()
+                ir = parse_callgrind_total(text)
+                bulk, _ = split_byte_work(callgrind_self_costs(text))
+                runs.append((n, ir, bulk))
+                self.log(f"callgrind {kind} {label} jobs={n}: {ir:,} instructions, "
+                         f"{bulk:,} of them per-byte work ({time.monotonic() - t:.0f}s)")
+        per_job, fixed = per_job_instructions([(n, ir) for n, ir, _ in runs])
+        other, fixed_other = per_job_instructions([(n, ir - sha) for n, ir, sha in runs])
+        self.log(f"callgrind {kind} {label}: {per_job:,.0f} instructions per job, "
+                 f"{other:,.0f} outside per-byte work (fixed {fixed:,.0f})")
+        return {"jobs": jobs, "in_flight": concurrency, "runs": runs, "per_job": per_job,
+                "fixed": fixed, "per_job_outside_byte_work": other,
+                "fixed_outside_byte_work": fixed_other}
+
     def run(self, kind, label, jobs, concurrency, latency_ms, replicas=1, backlog=False,
-            stop_after=None, profile=False):
+            stop_after=None, profile=False, wrap=(), exit_timeout=60):
         """One measured run. kind: rust_store, rust_nostore or python.
         backlog: jobs are queued before the workers start (drain, queue
         depth); else they are published once the workers consume, between the
-        two CPU readings."""
+        two CPU readings. wrap: a command the worker runs under (valgrind),
+        waited for up to exit_timeout after SIGTERM."""
         prefix = f"bench-{self.run_id}-{self.n + 1}"
         self.set_latency(latency_ms)
         declare_ch = self.conn.channel()
@@ -692,7 +1093,15 @@ class Bench:
         if backlog:
             self.enqueue(prefix, jobs, label)
         t_start = time.monotonic()
-        procs = [self.spawn(kind, env, f"{prefix}-{kind}-{i}") for i in range(replicas)]
+        ports = []
+        procs = []
+        for i in range(replicas):
+            e = dict(env)
+            if kind.startswith("rust"):
+                # The worker's metrics: its S3 requests by reason.
+                ports.append(free_port())
+                e["LIVENESS_TELEMETRY__LISTEN"] = f"127.0.0.1:{ports[-1]}"
+            procs.append(self.spawn(kind, e, f"{prefix}-{kind}-{i}", wrap))
         try:
             while not backlog and self.depth(names["jobs_queue"])[1] < replicas:
                 for p in procs:
@@ -733,6 +1142,7 @@ class Bench:
             shares["everything else"] = max(0.0, busy / target - cpu / target - sum(shares.values()))
             machine_busy = busy / max(1e-9, machine1[1] - machine0[1])
             peak = max(vm_hwm(p.pid) for p in procs)
+            s3 = self.s3_requests(ports)
             profile_rows = self.finish_perf(*perf) if perf else None
             for p in procs:
                 p.send_signal(signal.SIGTERM)
@@ -742,16 +1152,19 @@ class Bench:
                 p.send_signal(signal.SIGTERM)
             for p in procs:
                 try:
-                    p.wait(60)
+                    p.wait(exit_timeout)
                 except subprocess.TimeoutExpired:
                     p.kill()
+                    p.wait()
             self.cleanup(prefix)
         out = {"kind": kind, "image": label, "jobs": jobs, "in_flight": concurrency,
                "latency_ms": latency_ms, "replicas": replicas, "seconds": t1 - t0,
                "drain_seconds": t1 - t_start, "rate": window_rate(samples, target),
                "cpu_seconds": cpu, "cpu_per_job": cpu / target, "peak_rss": peak,
                "timings_ms": timings, "others_cpu_per_job": shares,
-               "machine_busy": machine_busy, "profile": profile_rows}
+               "machine_busy": machine_busy, "profile": profile_rows,
+               "s3_per_job": s3 and {k: {op: n / target for op, n in v.items()}
+                                     for k, v in s3.items()}}
         self.log(f"{kind:12} {label:5} jobs={target:<7} in_flight={concurrency:<3} "
                  f"latency={latency_ms}ms replicas={replicas}: {out['seconds']:.1f}s, "
                  f"{(out['rate'] or 0):.0f} jobs/s, cpu/job {out['cpu_per_job'] * 1e6:.0f}µs, "
@@ -767,17 +1180,25 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="the venv's python (pika, boto3, requests)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--rounds", type=int)
-    ap.add_argument("--only", default="throughput,cpu,rss,drain")
+    ap.add_argument("--only", default="throughput,cpu,rss,drain,instructions")
     ap.add_argument("--run-timeout", type=float, default=900)
     ap.add_argument("--sizes", help="cpu scenario image sizes (default: 200KB,3MB)")
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the perf profiles of the Rust worker's CPU per job")
     ap.add_argument("--perf", action="store_true",
                     help="profile the Rust worker's CPU runs with perf; reports go to --out")
+    ap.add_argument("--check", action="store_true",
+                    help="count the Rust worker's instructions per job (callgrind, store on, "
+                         f"200 KB) and fail when they exceed {INSTRUCTIONS_FILE} by more than "
+                         "its tolerance; writes no report")
+    ap.add_argument("--update-instructions", action="store_true",
+                    help=f"with --check: write the measured figure into {INSTRUCTIONS_FILE}")
     a = ap.parse_args()
     if a.self_check:
         self_check()
         return
+    if a.check:
+        sys.exit(check_mode(a))
     short = a.short
     rounds = a.rounds or (1 if short else 3)
     only = set(a.only.split(","))
@@ -795,7 +1216,7 @@ def main():
          "throughput": {"bound": littles_bound(128, 0.3), "rust_store": [], "rust_nostore": [],
                         "python": []},
          "cpu": {s: {"rust_store": [], "rust_nostore": [], "python": []} for s in ("200KB", "3MB")},
-         "rss": [], "drain": {"jobs": 0, "runs": []}}
+         "rss": [], "drain": {"jobs": 0, "runs": []}, "instructions": {}}
     kinds = ("rust_store", "rust_nostore", "python")
     try:
         for rnd in range(rounds):
@@ -831,6 +1252,19 @@ def main():
                 b.log(f"queue depth {q}: {time.monotonic() - t:.0f}s with enqueue")
             if short:
                 r["notes"].append("Short mode queues 100 000 jobs instead of 1 000 000.")
+        if "instructions" in only and shutil.which("valgrind"):
+            committed = load_instructions()
+            r["instructions"]["committed"] = committed["per_job"]
+            # 200 KB: the committed workload (for the report's comparison).
+            for label, n, repeats in (("200KB", committed["jobs"], committed.get("repeats", 1)),
+                                      ("3MB", 10, 1)):
+                if a.sizes and label not in a.sizes.split(","):
+                    continue
+                for k in ("rust_store", "rust_nostore"):
+                    r["instructions"].setdefault(k, {})[label] = b.instructions(
+                        k, label, n, committed["in_flight"], repeats)
+        elif "instructions" in only:
+            r["notes"].append("valgrind is not installed: no instruction counts.")
         if "drain" in only:
             n = 1000 if short else 4000
             r["drain"]["jobs"] = n
@@ -851,6 +1285,57 @@ def main():
         f.write(md)
     render_chart(r, os.path.join(a.out, "chart.png"))
     print(md)
+
+
+INSTRUCTIONS_FILE = "bench/instructions.json"
+
+
+def load_instructions():
+    with open(os.path.join(HERE, "instructions.json")) as f:
+        return json.load(f)
+
+
+def check_mode(a):
+    """`scripts/bench.sh --check`: instructions per job against the committed
+    figures; 0 when within tolerance, 1 otherwise."""
+    committed = load_instructions()
+    if not shutil.which("valgrind"):
+        print("bench --check: valgrind is not installed", file=sys.stderr)
+        return 1
+    b = Bench(a)
+    measured = {}
+    try:
+        b.upload_images(labels=("200KB",))
+        b.start_emulator()
+        for kind, label in sorted({tuple(k.split("/")[:2]) for k in committed["per_job"]}):
+            x = b.instructions(kind, label, committed["jobs"], committed["in_flight"],
+                               committed.get("repeats", 1))
+            measured[f"{kind}/{label}"] = x["per_job"]
+            measured[f"{kind}/{label}/outside-byte-work"] = x["per_job_outside_byte_work"]
+    finally:
+        if b.emulator:
+            b.emulator.terminate()
+            b.emulator.wait(10)
+        b.remove_objects()
+    ok = True
+    for key, got, ref, limit, fine in check_instructions(measured, committed):
+        ok &= fine
+        print(f"instructions per job, {key}: {got:,.0f} measured, {ref:,.0f} committed, "
+              f"limit {limit:,.0f} (+{committed['tolerance']:.0%}): "
+              f"{'ok' if fine else 'REGRESSION'}")
+        if fine and got < ref * (1 - committed["tolerance"]):
+            print(f"  {(1 - got / ref):.0%} below the committed figure: "
+                  "scripts/bench.sh --check --update-instructions records the gain")
+    if a.update_instructions:
+        committed["per_job"] = {k: round(v) for k, v in measured.items()}
+        committed["measured"] = datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC")
+        with open(os.path.join(HERE, "instructions.json"), "w") as f:
+            json.dump(committed, f, indent=1)
+            f.write("\n")
+        print(f"wrote {INSTRUCTIONS_FILE}")
+        return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

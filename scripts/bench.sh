@@ -4,8 +4,13 @@
 # worker measured in the same run. Rewrites bench/results/ (results.md,
 # results.json, chart.png) and prints the table.
 #
-# Usage: scripts/bench.sh [--short] [--rounds N] [--only throughput,cpu,rss,drain] [--out DIR]
+# Usage: scripts/bench.sh [--short] [--rounds N] [--only throughput,cpu,rss,drain,instructions] [--out DIR]
+#        scripts/bench.sh --check [--update-instructions]
 #   --short   a few minutes: fewer jobs, one round, 100 000 queued jobs instead of 1 000 000
+#   --check   instructions per job of the worker under valgrind's callgrind (a count, not
+#             a time: steady on a busy machine) on a small fixed workload, against
+#             bench/instructions.json; fails on a rise beyond its tolerance. Writes no
+#             report. Part of scripts/test.sh. --update-instructions records the figure.
 #
 # Starts RabbitMQ and Garage like scripts/test.sh, builds the worker in release
 # mode, installs the Python baseline's pinned dependencies (bench/requirements.txt)
@@ -13,10 +18,18 @@
 # drifts on shared machines: take figures on a quiet machine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-case "${1:-}" in -h | --help) sed -n '2,14p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,19p' "$0"; exit 0 ;; esac
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/liveness-worker/target}"
 eval "$(scripts/services.sh --print-env)"
+
+# The instruction counts (--check, and the instructions scenario) need valgrind.
+if ! command -v valgrind >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing valgrind via apt (instruction counts)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update >&2
+  apt-get install -y --no-install-recommends valgrind </dev/null >&2
+fi
 
 echo "== cargo build --release" >&2
 cargo build --release --locked --quiet --bin liveness-worker

@@ -3,7 +3,8 @@
 # is missing), then runs formatting, lints, a short round of every fuzz target,
 # the deployment checks, the examples in other languages, unit and property
 # tests, the integration tests against the real services (the operator console
-# in headless Chromium among them), and the chaos suite.
+# in headless Chromium among them), the instruction count per job against its
+# committed figure, and the chaos suite.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -48,5 +49,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+echo "== instructions per job (callgrind, release build) against bench/instructions.json (docs/benchmark.md)"
+scripts/bench.sh --check
 echo "== chaos suite (own Garage and vhost; see scripts/chaos.sh)"
 scripts/chaos.sh --jobs "${CHAOS_JOBS:-2000}"

@@ -113,6 +113,44 @@ impl StoreOp {
     }
 }
 
+/// One S3 request and what it is for (`liveness_s3_requests_total{op}`):
+/// how many requests a job costs, by reason (docs/benchmark.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Request {
+    /// GetObject of a job's image (or back image).
+    ImageGet,
+    /// GetObject of `outcomes/<job_id>.json`: the pay-once lookup.
+    OutcomeGet,
+    /// PutObject of `outcomes/<job_id>.json`: stored before published.
+    OutcomePut,
+    /// PutObject of `attempts/<job_id>/...`: the audit record of a delivery
+    /// without an outcome.
+    AttemptsPut,
+    /// GetObject of `pending/<job_id>.json` (Argos callback mode).
+    PendingGet,
+    /// PutObject of `pending/<job_id>.json` (Argos callback mode).
+    PendingPut,
+    /// DeleteObject of `pending/<job_id>.json` (Argos callback mode).
+    PendingDelete,
+    /// Anything else (start-up checks, operator commands).
+    Other,
+}
+
+impl S3Request {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3Request::ImageGet => "image_get",
+            S3Request::OutcomeGet => "outcome_get",
+            S3Request::OutcomePut => "outcome_put",
+            S3Request::AttemptsPut => "attempts_put",
+            S3Request::PendingGet => "pending_get",
+            S3Request::PendingPut => "pending_put",
+            S3Request::PendingDelete => "pending_delete",
+            S3Request::Other => "other",
+        }
+    }
+}
+
 /// Where a worker publish goes (`liveness_unroutable_publishes_total{target}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PublishTarget {
@@ -218,6 +256,8 @@ pub struct Metrics {
     outcomes_reused: Counter,
     claim_waits: Counter,
     store_errors: Family<Op, Counter>,
+    s3_requests: Family<Op, Counter>,
+    s3_bytes_written: Family<Op, Counter>,
     callbacks: Family<Outcome, Counter>,
     unroutable: Family<TargetLabels, Counter>,
     publish_unroutable: Family<TargetLabels, Gauge>,
@@ -348,6 +388,18 @@ impl Metrics {
             "Failed results-store operations (load, save, audit), each retried or reported",
             store_errors.clone(),
         );
+        let s3_requests = Family::<Op, Counter>::default();
+        registry.register(
+            "s3_requests",
+            "S3 requests sent, by what they are for (image_get, outcome_get, outcome_put, attempts_put, pending_get, pending_put, pending_delete, other); the SDK's own retries of one request are not counted again",
+            s3_requests.clone(),
+        );
+        let s3_bytes_written = Family::<Op, Counter>::default();
+        registry.register(
+            "s3_written_bytes",
+            "Bytes of the bodies written to S3, by what they are for (outcome_put, attempts_put, pending_put)",
+            s3_bytes_written.clone(),
+        );
         let callbacks = Family::<Outcome, Counter>::default();
         registry.register(
             "callbacks",
@@ -397,6 +449,8 @@ impl Metrics {
             outcomes_reused,
             claim_waits,
             store_errors,
+            s3_requests,
+            s3_bytes_written,
             callbacks,
             unroutable,
             publish_unroutable,
@@ -576,6 +630,17 @@ impl Metrics {
         self.store_errors
             .get_or_create(&Op { op: op.as_str() })
             .inc();
+    }
+
+    /// One S3 request sent, and the bytes of its body when it writes.
+    pub fn s3_request(&self, op: S3Request, body_bytes: usize) {
+        let labels = Op { op: op.as_str() };
+        self.s3_requests.get_or_create(&labels).inc();
+        if body_bytes > 0 {
+            self.s3_bytes_written
+                .get_or_create(&labels)
+                .inc_by(body_bytes as u64);
+        }
     }
 
     pub fn publish_failed(&self) {

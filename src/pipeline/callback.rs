@@ -82,40 +82,43 @@ impl Pipeline {
         let provider = self.cfg.routing.route(job).unwrap_or(ProviderName::Argos);
         let finished = |disposition| Some(Finished::new(disposition, Some(job.check)));
         let deadline = started + self.cfg.job_deadline;
-        let (stored, pending) = tokio::join!(
-            self.outcomes.lookup(&job.job_id, deadline),
-            self.outcomes.load_pending(&job.job_id)
-        );
-        let (stored, pending) = match (stored, pending) {
-            (Ok(s), Ok(p)) => (s, p),
-            (s, p) => {
-                tracing::warn!(
-                    outcome_readable = s.is_ok(),
-                    pending_readable = p.is_ok(),
-                    "Results store unreadable after the callback wait; waiting another round"
-                );
-                return finished(Disposition::AwaitCallback {
-                    carried: d.carried.clone(),
-                })
-                .map(|f| f.by(Some(provider)));
-            }
+        let wait_again = |pending_readable: bool| {
+            tracing::warn!(
+                pending_readable,
+                "Results store unreadable after the callback wait; waiting another round"
+            );
+            finished(Disposition::AwaitCallback {
+                carried: d.carried.clone(),
+            })
+            .map(|f| f.by(Some(provider)))
         };
         let settled = |reason| finished(Disposition::Settled { reason });
+        // The pending record first: without one the job is settled whether
+        // or not an outcome is stored (its callback stored and published it,
+        // or dead-lettered it, and cleared the record after), so the
+        // outcome is read only while a record remains. A callback settles
+        // the common case: one request here instead of two.
+        let pending = match self.outcomes.load_pending(&job.job_id).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return settled("its callback settled it"),
+            Err(_) => return wait_again(false),
+        };
+        let Ok(stored) = self.outcomes.lookup(&job.job_id, deadline).await else {
+            return wait_again(true);
+        };
         match (stored, pending) {
             // The callback stored the outcome; its publish may not have
             // happened: publish it (the record is cleared after).
-            (Some(o), Some(_)) => {
+            (Some(o), _) => {
                 let mut result = o.result;
                 result.metadata = job.metadata.clone();
                 let by = Some(result.provider);
                 finished(Disposition::Publish(Box::new(result))).map(|f| f.by(by))
             }
-            (Some(_), None) => settled("its callback published the result"),
-            (None, None) => settled("its callback settled it"),
-            (None, Some(p)) if p.submission > d.carried.callback_submissions => {
+            (None, p) if p.submission > d.carried.callback_submissions => {
                 settled("a later submission is waiting for its callback")
             }
-            (None, Some(p)) if d.carried.callback_submissions >= cb.submissions => {
+            (None, p) if d.carried.callback_submissions >= cb.submissions => {
                 let failure = Failure {
                     provider: Some(p.provider),
                     ..Failure::new(
@@ -144,7 +147,7 @@ impl Pipeline {
                 );
                 finished(Disposition::DeadLetter(Box::new(dl))).map(|f| f.by(Some(p.provider)))
             }
-            (None, Some(p)) => {
+            (None, p) => {
                 tracing::warn!(
                     submission = p.submission,
                     "No callback within providers.argos.callback_wait; submitting again"

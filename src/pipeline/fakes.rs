@@ -90,6 +90,10 @@ pub struct Outcomes {
     pub down: std::sync::atomic::AtomicBool,
     /// Outcome writes are conditional (only if absent), as on AWS S3.
     pub conditional: std::sync::atomic::AtomicBool,
+    /// Reads of outcome records and of pending records (the requests a
+    /// job costs).
+    pub outcome_reads: std::sync::atomic::AtomicUsize,
+    pub pending_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Outcomes {
@@ -107,6 +111,7 @@ impl Outcomes {
 #[async_trait]
 impl OutcomeStore for Outcomes {
     async fn load(&self, job_id: &JobId) -> Result<Option<StoredOutcome>, OutcomeError> {
+        self.outcome_reads.fetch_add(1, Ordering::SeqCst);
         self.up()?;
         if self.corrupt.lock().unwrap().as_ref() == Some(job_id) {
             return Err(OutcomeError::Corrupt(format!(
@@ -136,6 +141,7 @@ impl OutcomeStore for Outcomes {
         &self,
         job_id: &JobId,
     ) -> Result<Option<PendingSubmission>, OutcomeError> {
+        self.pending_reads.fetch_add(1, Ordering::SeqCst);
         self.up()?;
         Ok(self.pending.lock().unwrap().get(job_id).cloned())
     }

@@ -6,6 +6,7 @@ use super::outcomes::{
 use super::{AttemptLog, FetchError, ImageStore, OutcomeError, OutcomeStore, StoredOutcome};
 use crate::config::{ResultsConfig, S3Config};
 use crate::domain::job::{JobId, S3Uri};
+use crate::telemetry::{Metrics, S3Request};
 use async_trait::async_trait;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -13,10 +14,20 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    /// Counts the requests by reason (`liveness_s3_requests_total`), when set.
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Counts one request in `metrics`, if any.
+fn count(metrics: &Option<Arc<Metrics>>, op: S3Request, body_bytes: usize) {
+    if let Some(m) = metrics {
+        m.s3_request(op, body_bytes);
+    }
 }
 
 impl S3Store {
@@ -71,7 +82,15 @@ impl S3Store {
         }
         S3Store {
             client: aws_sdk_s3::Client::from_conf(b.build()),
+            metrics: None,
         }
+    }
+
+    /// Counts every request this store (and its results store) sends in
+    /// `metrics`, by reason.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> S3Store {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn client(&self) -> &aws_sdk_s3::Client {
@@ -82,6 +101,7 @@ impl S3Store {
     pub fn outcomes(&self, cfg: &ResultsConfig) -> S3Outcomes {
         S3Outcomes {
             client: self.client.clone(),
+            metrics: self.metrics.clone(),
             bucket: cfg.bucket.clone(),
             prefix: cfg.prefix.clone(),
             max_record_bytes: cfg.max_record_bytes,
@@ -219,6 +239,7 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
 #[async_trait]
 impl ImageStore for S3Store {
     async fn fetch(&self, uri: &S3Uri, limit: u64) -> Result<Bytes, FetchError> {
+        count(&self.metrics, S3Request::ImageGet, 0);
         let out = self
             .client
             .get_object()
@@ -273,6 +294,7 @@ impl ImageStore for S3Store {
 #[derive(Clone)]
 pub struct S3Outcomes {
     client: aws_sdk_s3::Client,
+    metrics: Option<Arc<Metrics>>,
     bucket: String,
     prefix: String,
     /// `results.max_record_bytes`: larger records are not read.
@@ -295,8 +317,9 @@ impl S3Outcomes {
         &self,
         key: &str,
         schema: &str,
+        op: S3Request,
     ) -> Result<Option<T>, OutcomeError> {
-        let Some(body) = self.get_raw(key).await? else {
+        let Some(body) = self.get(key, op).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&body).map(Some).map_err(|e| {
@@ -311,6 +334,11 @@ impl S3Outcomes {
     /// `results.max_record_bytes`), None when there is none: for the
     /// operator commands, which show and move records as they are stored.
     pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, OutcomeError> {
+        self.get(key, S3Request::Other).await
+    }
+
+    async fn get(&self, key: &str, op: S3Request) -> Result<Option<Vec<u8>>, OutcomeError> {
+        count(&self.metrics, op, 0);
         let out = match self
             .client
             .get_object()
@@ -361,6 +389,7 @@ impl S3Outcomes {
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, OutcomeError> {
         let store = S3Store {
             client: self.client.clone(),
+            metrics: self.metrics.clone(),
         };
         let mut token = None;
         let mut out = Vec::new();
@@ -382,6 +411,7 @@ impl S3Outcomes {
     /// would wait on the ladder for it); an unreachable S3 is only logged,
     /// since the worker rides out S3 outages.
     pub async fn check(&self) -> anyhow::Result<()> {
+        count(&self.metrics, S3Request::Other, 0);
         match self.client.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => {
@@ -405,7 +435,9 @@ impl S3Outcomes {
         key: &str,
         body: Vec<u8>,
         if_absent: bool,
+        op: S3Request,
     ) -> Result<(), OutcomeError> {
+        count(&self.metrics, op, body.len());
         let mut put = self
             .client
             .put_object()
@@ -433,14 +465,23 @@ impl S3Outcomes {
 #[async_trait]
 impl OutcomeStore for S3Outcomes {
     async fn load(&self, job_id: &JobId) -> Result<Option<StoredOutcome>, OutcomeError> {
-        self.get_json(&outcome_key(&self.prefix, job_id), OUTCOME_SCHEMA)
-            .await
+        self.get_json(
+            &outcome_key(&self.prefix, job_id),
+            OUTCOME_SCHEMA,
+            S3Request::OutcomeGet,
+        )
+        .await
     }
 
     async fn save(&self, outcome: &StoredOutcome) -> Result<(), OutcomeError> {
         let body = serde_json::to_vec(outcome).expect("outcome serializes");
-        self.put_json(&outcome_key(&self.prefix, &outcome.job_id), body, true)
-            .await
+        self.put_json(
+            &outcome_key(&self.prefix, &outcome.job_id),
+            body,
+            true,
+            S3Request::OutcomePut,
+        )
+        .await
     }
 
     async fn save_attempts(&self, log: &AttemptLog) -> Result<(), OutcomeError> {
@@ -452,6 +493,7 @@ impl OutcomeStore for S3Outcomes {
             &key,
             serde_json::to_vec(log).expect("attempt log serializes"),
             false,
+            S3Request::AttemptsPut,
         )
         .await
     }
@@ -460,18 +502,28 @@ impl OutcomeStore for S3Outcomes {
         &self,
         job_id: &JobId,
     ) -> Result<Option<PendingSubmission>, OutcomeError> {
-        self.get_json(&pending_key(&self.prefix, job_id), PENDING_SCHEMA)
-            .await
+        self.get_json(
+            &pending_key(&self.prefix, job_id),
+            PENDING_SCHEMA,
+            S3Request::PendingGet,
+        )
+        .await
     }
 
     async fn save_pending(&self, pending: &PendingSubmission) -> Result<(), OutcomeError> {
         let body = serde_json::to_vec(pending).expect("pending record serializes");
-        self.put_json(&pending_key(&self.prefix, &pending.job_id), body, false)
-            .await
+        self.put_json(
+            &pending_key(&self.prefix, &pending.job_id),
+            body,
+            false,
+            S3Request::PendingPut,
+        )
+        .await
     }
 
     async fn delete_pending(&self, job_id: &JobId) -> Result<(), OutcomeError> {
         let key = pending_key(&self.prefix, job_id);
+        count(&self.metrics, S3Request::PendingDelete, 0);
         self.client
             .delete_object()
             .bucket(&self.bucket)

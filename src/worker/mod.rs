@@ -40,7 +40,7 @@ use tracing::Instrument as _;
 /// The pipeline with its real S3 store and vendor adapters.
 pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Pipeline>> {
     let http = VendorHttp::new(&cfg.providers)?;
-    let store = S3Store::new(&cfg.s3).await;
+    let store = S3Store::new(&cfg.s3).await.with_metrics(metrics.clone());
     let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
     if !cfg.providers.argos.api_key.is_empty() {
         providers.push(Arc::new(Argos::new(http.clone(), &cfg.providers.argos)?));

@@ -259,3 +259,56 @@ async fn a_missing_results_bucket_stops_the_worker_at_start() {
     );
     t.finish().await;
 }
+
+/// The S3 requests a job makes (docs/benchmark.md#s3-requests-per-job),
+/// counted by reason: a new job three (its image, the lookup, the outcome
+/// with its attempts), a job whose outcome is stored two (its image, the
+/// lookup), and no audit record of its own for either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_s3_request_of_a_job_is_counted_by_reason() {
+    let t = TestEnv::start("s3count", "").await;
+    let uri = t
+        .upload(
+            "count.png",
+            samples::png(12, 3000, Some(&format!("{LIVE}}}"))),
+        )
+        .await;
+    let requests = |text: &str, op: &str| {
+        series(text, &format!("liveness_s3_requests_total{{op=\"{op}\"}}")).unwrap_or(0.0)
+    };
+    let job = t.job("count-1", "document", &uri);
+    t.publish(&job).await;
+    assert_eq!(t.results(1).await["count-1"].2["verdict"], "live");
+    let text = t.probe("/metrics").await.1;
+    for (op, n) in [
+        ("image_get", 1.0),
+        ("outcome_get", 1.0),
+        ("outcome_put", 1.0),
+        ("attempts_put", 0.0),
+        ("pending_get", 0.0),
+        ("pending_put", 0.0),
+    ] {
+        assert_eq!(requests(&text, op), n, "{op} after one new job");
+    }
+    let written = series(&text, "liveness_s3_written_bytes_total{op=\"outcome_put\"}")
+        .expect("outcome bytes counted");
+    let stored = t.stored_outcome("count-1").await.expect("outcome stored");
+    assert!(
+        written >= 500.0 && written < 2.0 * serde_json::to_vec(&stored).unwrap().len() as f64,
+        "{written} bytes written for one outcome"
+    );
+
+    // The same job again: its image and the lookup, nothing written.
+    t.publish(&job).await;
+    assert_eq!(t.results(1).await["count-1"].2["verdict"], "live");
+    let text = t.probe("/metrics").await.1;
+    for (op, n) in [
+        ("image_get", 2.0),
+        ("outcome_get", 2.0),
+        ("outcome_put", 1.0),
+        ("attempts_put", 0.0),
+    ] {
+        assert_eq!(requests(&text, op), n, "{op} after the job came again");
+    }
+    t.finish().await;
+}

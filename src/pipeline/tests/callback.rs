@@ -34,13 +34,45 @@ async fn callback_mode_waits_for_the_callback_and_settles_once() {
     assert!(t.outcomes.outcomes.lock().unwrap().contains_key(&id("j1")));
     t.outcomes.pending.lock().unwrap().clear();
 
-    // The job back from the wait finds it settled: nothing to publish.
+    // The job back from the wait finds it settled: nothing to publish, and
+    // one read (the pending record's absence settles it; the outcome is
+    // not read again).
+    let reads = |o: &crate::pipeline::fakes::Outcomes| {
+        (
+            o.outcome_reads.load(std::sync::atomic::Ordering::SeqCst),
+            o.pending_reads.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
+    let before = reads(&t.outcomes);
     let f = t.step_with(&job("j1"), carried, 0).await;
     assert!(
         matches!(f.disposition, Disposition::Settled { .. }),
         "{}",
         f.disposition.label()
     );
+    assert_eq!(t.vendor.calls(), 1);
+    let after = reads(&t.outcomes);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_stored_but_not_published_is_published_by_the_wait_sweep() {
+    let mut vendor = Vendor::new(ProviderName::Argos);
+    vendor.callback_mode = true;
+    let t = T::with(config(), vendor, Some(callback_settings()));
+    t.vendor.then(Answer::Accepted);
+    let f = t.step(&job("j1")).await;
+    let Disposition::AwaitCallback { carried } = f.disposition else {
+        panic!("{}", f.disposition.label())
+    };
+    let pending = t.outcomes.pending.lock().unwrap()[&id("j1")].clone();
+    // The callback stored the outcome, then its replica died before
+    // publishing it and clearing the record.
+    let settled = t.pipeline.settle_callback(&pending, b"0.2").await;
+    assert!(t.outcomes.pending.lock().unwrap().contains_key(&id("j1")));
+    let f = t.step_with(&job("j1"), carried, 0).await;
+    assert_eq!(result(&f).verdict, result(&settled).verdict);
+    assert_eq!(result(&f).job_id, id("j1"));
     assert_eq!(t.vendor.calls(), 1);
 }
 
