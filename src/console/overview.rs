@@ -202,14 +202,97 @@ fn vendors(replicas: &[Heartbeat]) -> Vec<VendorRow> {
                 });
             }
             if let Some(l) = v.limit.as_ref().filter(|l| !l.is_null()) {
-                row.limit = Some(l.to_string());
+                row.limit = Some(describe_limit(l));
             }
             if let Some(b) = v.budget.as_ref().filter(|b| !b.is_null()) {
-                row.budget = Some(b.to_string());
+                row.budget = Some(describe_budget(b));
             }
         }
     }
     rows.into_values().collect()
+}
+
+/// A number as the page shows it: at most one decimal.
+fn num(v: &serde_json::Value) -> Option<String> {
+    let f = v.as_f64()?;
+    Some(if f.fract() == 0.0 {
+        format!("{f:.0}")
+    } else {
+        format!("{f:.1}")
+    })
+}
+
+/// A replica's traffic limits (the heartbeat's `limit`) in words; fields it
+/// does not know are shown as they come.
+fn describe_limit(l: &serde_json::Value) -> String {
+    let Some(m) = l.as_object() else {
+        return l.to_string();
+    };
+    let mut parts = Vec::new();
+    if let Some(r) = m.get("rate_per_s").and_then(num) {
+        let shared = if m.get("shared").and_then(|s| s.as_bool()) == Some(true) {
+            "fleet-wide"
+        } else {
+            "shared by consumer count"
+        };
+        parts.push(format!("{r}/s {shared}"));
+    }
+    if let Some(c) = m.get("concurrency_limit").and_then(num) {
+        parts.push(format!("{c} in flight (adaptive)"));
+    }
+    if let Some(w) = m.get("waiting").and_then(|w| w.as_u64()).filter(|w| *w > 0) {
+        parts.push(format!("{w} waiting"));
+    }
+    if let Some(b) = m.get("blocked_for_ms").and_then(num) {
+        parts.push(format!("blocked {b} ms (vendor asked to wait)"));
+    }
+    for (k, v) in m {
+        let known = [
+            "rate_per_s",
+            "replica_rate_per_s",
+            "shared",
+            "concurrency_limit",
+            "latency_ms",
+            "waiting",
+            "blocked_for_ms",
+            "vendor",
+        ];
+        if !known.contains(&k.as_str()) && !v.is_null() {
+            parts.push(format!("{k} {v}"));
+        }
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A replica's spend budget (the heartbeat's `budget`): what is left.
+fn describe_budget(b: &serde_json::Value) -> String {
+    let left = |used: &str, cap: &str, window: &str| {
+        let cap = b.get(cap)?.as_u64()?;
+        let used = b.get(used).and_then(|u| u.as_u64()).unwrap_or(0);
+        Some(format!(
+            "{} of {cap} left this {window}",
+            cap.saturating_sub(used)
+        ))
+    };
+    let mut parts: Vec<String> = [
+        left("day_used", "daily_budget", "day"),
+        left("month_used", "monthly_budget", "month"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if b.get("exhausted").and_then(|e| e.as_bool()) == Some(true) {
+        parts.push("spent: jobs park until the window turns".into());
+    }
+    if parts.is_empty() {
+        b.to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// The overview from the readings so far.
@@ -344,6 +427,25 @@ mod tests {
         assert_eq!(g.received, 25);
         assert_eq!(g.results["face.live"], 14);
         assert_eq!(g.parked[&0], 2);
+    }
+
+    #[test]
+    fn limits_and_budgets_in_words() {
+        let l = serde_json::json!({"rate_per_s": 50.0, "replica_rate_per_s": 16.67, "shared": true,
+            "concurrency_limit": 12.0, "latency_ms": 300.0, "waiting": 3, "blocked_for_ms": null,
+            "vendor": "didit", "new_field": 1});
+        assert_eq!(
+            describe_limit(&l),
+            "50/s fleet-wide, 12 in flight (adaptive), 3 waiting, new_field 1"
+        );
+        let b = serde_json::json!({"day": "2026-12-07", "day_used": 990, "daily_budget": 1000,
+            "month_used": 5000, "monthly_budget": null, "exhausted": false});
+        assert_eq!(describe_budget(&b), "10 of 1000 left this day");
+        let spent = serde_json::json!({"day_used": 1000, "daily_budget": 1000, "exhausted": true});
+        assert_eq!(
+            describe_budget(&spent),
+            "0 of 1000 left this day; spent: jobs park until the window turns"
+        );
     }
 
     #[test]
