@@ -12,10 +12,12 @@ mod de;
 mod load;
 mod secret;
 mod tls;
+mod traffic;
 
 pub use load::{DEFAULT_TOML, Sources};
 pub use secret::Secret;
 pub use tls::BrokerTlsConfig;
+pub use traffic::{Rate, TrafficConfig, VendorTraffic};
 
 use crate::domain::bands::Bands;
 use crate::domain::routing::Routing;
@@ -36,6 +38,7 @@ pub struct Config {
     pub results: ResultsConfig,
     pub providers: ProvidersConfig,
     pub coordination: CoordinationConfig,
+    pub traffic: TrafficConfig,
     pub callbacks: CallbacksConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -714,7 +717,13 @@ impl Config {
         self.results.validate(&mut p);
         self.providers.validate(&mut p);
         self.coordination.validate(&mut p);
+        self.traffic.validate(&mut p);
         self.callbacks.validate(&mut p);
+        // A budget counted per replica would let N replicas spend N times it.
+        p.check(
+            !self.traffic.any_budget() || self.coordination.enabled(),
+            || "traffic.<vendor>.daily_budget and monthly_budget need coordination.redis_url: a spend budget is counted fleet-wide".into(),
+        );
         p.check(
             self.results.max_record_bytes >= self.worker.max_job_bytes as u64 + 64 * 1024,
             || {
