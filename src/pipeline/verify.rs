@@ -81,6 +81,11 @@ impl Pipeline {
             )
         })?;
 
+        // A vendor whose spend budget is known to be spent: park before
+        // fetching anything.
+        if let Some(parked) = self.vendors.traffic().early_park(provider_name) {
+            return Err(parked);
+        }
         let deadline = started + self.cfg.job_deadline;
         let limit = provider
             .max_image_bytes()
