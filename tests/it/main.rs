@@ -17,3 +17,4 @@ mod pay_once;
 mod results;
 mod telemetry;
 mod tls;
+mod traffic;
