@@ -229,6 +229,13 @@ struct TrafficMetrics {
     budget_remaining: Family<VendorWindow, Gauge>,
     budget_warning: Family<VendorLabels, Gauge>,
     budget_exhausted: Family<VendorLabels, Gauge>,
+    failovers: Family<FailoverLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverLabels {
+    primary: &'static str,
+    vendor: &'static str,
 }
 
 impl TrafficMetrics {
@@ -246,7 +253,13 @@ impl TrafficMetrics {
             budget_remaining: Family::default(),
             budget_warning: Family::default(),
             budget_exhausted: Family::default(),
+            failovers: Family::default(),
         };
+        registry.register(
+            "failovers",
+            "Jobs sent to another vendor because their check's default one could not be called, by default (primary) and vendor used",
+            t.failovers.clone(),
+        );
         registry.register(
             "vendor_concurrency_limit",
             "Adaptive concurrency: calls in flight this replica allows a vendor now (its whole part)",
@@ -771,6 +784,16 @@ impl Metrics {
             .budget_exhausted
             .get_or_create(&l)
             .set(exhausted as i64);
+    }
+
+    pub fn failover(&self, primary: ProviderName, vendor: ProviderName) {
+        self.traffic
+            .failovers
+            .get_or_create(&FailoverLabels {
+                primary: primary.as_str(),
+                vendor: vendor.as_str(),
+            })
+            .inc();
     }
 
     /// Counts a job in flight until the guard drops.

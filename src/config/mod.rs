@@ -384,6 +384,9 @@ impl ResultsConfig {
 pub struct ProvidersConfig {
     pub default_document: ProviderName,
     pub default_face: ProviderName,
+    /// Vendors tried in order while the default one is paused or down.
+    pub failover_document: Vec<ProviderName>,
+    pub failover_face: Vec<ProviderName>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
@@ -403,6 +406,31 @@ impl ProvidersConfig {
             p.check(vendor.can_do(check), || {
                 format!("providers.{key} cannot be {vendor}: it does not do {check} checks")
             });
+        }
+        for (key, default, list, check) in [
+            (
+                "failover_document",
+                self.default_document,
+                &self.failover_document,
+                Check::Document,
+            ),
+            (
+                "failover_face",
+                self.default_face,
+                &self.failover_face,
+                Check::Face,
+            ),
+        ] {
+            for (i, v) in list.iter().enumerate() {
+                p.check(v.can_do(check), || {
+                    format!("providers.{key} cannot list {v}: it does not do {check} checks")
+                });
+                p.check(*v != default && !list[..i].contains(v), || {
+                    format!(
+                        "providers.{key} lists {v} twice or with the default vendor it backs up"
+                    )
+                });
+            }
         }
         p.check(
             (1024..=256 << 20).contains(&self.max_response_bytes),
@@ -972,6 +1000,43 @@ mod tests {
         ] {
             assert!(e.contains(k), "{k} not in {e}");
         }
+    }
+
+    #[test]
+    fn traffic_and_failover_settings_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert!(!c.traffic.argos.limited() && !c.traffic.any_budget());
+        assert!(c.providers.failover_document.is_empty());
+        let c = Config::from_toml(
+            "[traffic.didit]\nrate = \"300/m\"\n[providers]\nfailover_document = [\"intellicheck\"]",
+        )
+        .unwrap();
+        assert_eq!(c.traffic.didit.rate.per_second(), 5.0);
+        let e = Config::from_toml(
+            "[traffic]\nwaiting_share = 0\nmax_wait = \"1h\"\n\
+             [traffic.argos]\nburst = 0\nconcurrency_max = 4\nconcurrency_initial = 8\ndaily_budget = 10\nmonthly_budget = 5\nbudget_warning = 2\nlatency_tolerance = 1\n\
+             [providers]\nfailover_face = [\"intellicheck\", \"argos\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        for k in [
+            "traffic.waiting_share",
+            "traffic.max_wait",
+            "traffic.argos.burst",
+            "traffic.argos.concurrency_*",
+            "traffic.argos.daily_budget (10) must not exceed traffic.argos.monthly_budget (5)",
+            "traffic.argos.budget_warning",
+            "traffic.argos.latency_tolerance",
+            "need coordination.redis_url",
+            "providers.failover_face cannot list intellicheck",
+            "providers.failover_face lists argos twice or with the default vendor",
+        ] {
+            assert!(e.contains(k), "{k} not in {e}");
+        }
+        let e = Config::from_toml("[traffic.argos]\nrate = \"fast\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rate") && e.contains("50/s"), "{e}");
     }
 
     #[test]

@@ -84,6 +84,12 @@ impl Vendors {
         self.gate.set_traffic(traffic);
     }
 
+    /// Why `name` cannot be called now (paused, breaker open, its probe
+    /// not due), or None.
+    pub fn unavailable(&self, name: ProviderName) -> Option<String> {
+        self.gate.unavailable(name)
+    }
+
     /// The vendors this worker has adapters for.
     pub fn names(&self) -> Vec<ProviderName> {
         self.providers.keys().copied().collect()

@@ -120,6 +120,28 @@ impl VendorGate {
         Ok(())
     }
 
+    /// Why `vendor` cannot be called now, without taking its probe: paused
+    /// or its breaker open, and no probe due. None when it may be called.
+    pub fn unavailable(&self, vendor: ProviderName) -> Option<String> {
+        let lanes = self.vendors.get(&vendor)?;
+        if !lanes.pause.probe_due() {
+            let why = lanes
+                .live
+                .lock()
+                .expect("gate state")
+                .paused_reason
+                .clone()
+                .unwrap_or_else(|| "it refused our credentials".into());
+            return Some(format!("{vendor} is paused: {why}"));
+        }
+        if !lanes.breaker.probe_due() {
+            return Some(format!(
+                "{vendor} is failing every call (circuit breaker open)"
+            ));
+        }
+        None
+    }
+
     /// Counts a call to `vendor` in progress until the guard drops.
     pub fn begin(&self, vendor: ProviderName) -> InCall<'_> {
         let live = &self.vendors[&vendor].live;

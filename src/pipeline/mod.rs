@@ -100,6 +100,9 @@ pub struct PipelineConfig {
     pub traffic: TrafficConfig,
     /// `worker.concurrency`: `traffic.waiting_share` is a share of it.
     pub concurrency: u32,
+    /// Vendors tried in order while a check's default one cannot be called.
+    pub failover_document: Vec<ProviderName>,
+    pub failover_face: Vec<ProviderName>,
 }
 
 impl PipelineConfig {
@@ -126,6 +129,8 @@ impl PipelineConfig {
             claim_lease: c.coordination.claim_lease,
             traffic: c.traffic.clone(),
             concurrency: u32::from(c.worker.concurrency),
+            failover_document: c.providers.failover_document.clone(),
+            failover_face: c.providers.failover_face.clone(),
         }
     }
 

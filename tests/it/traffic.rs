@@ -325,3 +325,66 @@ async fn a_429_holds_the_vendor_back_for_the_fleet() {
     assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_fail_over_while_the_default_vendor_is_paused() {
+    let t = TestEnv::start(
+        "failover",
+        "[providers]\ndefault_face = \"argos\"\nfailover_face = [\"didit\"]\n[retry]\npause_probe_interval = \"5s\"",
+    )
+    .await;
+    let admin = reqwest::Client::new();
+    let creds = format!("{}/_admin/credentials/argos", t.emulator.base_url());
+    let set_key = async |valid: bool| {
+        let r = admin
+            .post(&creds)
+            .json(&serde_json::json!({ "valid": valid }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    };
+    set_key(false).await;
+    publish_face_jobs(&t, "fo", 4).await;
+    // Argos refuses the key and pauses; the jobs, parked, come back and
+    // go to Didit, saying why.
+    let results = t.results(4).await;
+    for (rk, _, r) in results.values() {
+        assert_eq!(rk, "face.live");
+        assert_eq!(r["provider"], "didit", "{r}");
+        assert_eq!(r["failover"]["primary"], "argos", "{r}");
+        let why = r["failover"]["reason"].as_str().unwrap();
+        assert!(why.contains("argos is paused"), "{why}");
+    }
+    // A job that named Argos waits for it.
+    let img = samples::png(9100, 1500, Some(r#"{"face":80}"#));
+    let uri = t.upload("fo-named.png", img).await;
+    let mut job = t.job("fo-named", "face", &uri);
+    job["provider"] = "argos".into();
+    t.publish(&job).await;
+    wait_for("the named job to park", 20, async || {
+        let m = t.probe("/metrics").await.1;
+        series(
+            &m,
+            "liveness_jobs_total{outcome=\"retry_later\",verdict=\"none\",check=\"face\",vendor=\"argos\"}",
+        )
+        .is_some_and(|n| n >= 6.0)
+    })
+    .await;
+    set_key(true).await;
+    let r = t.results(1).await;
+    let v = &r["fo-named"].2;
+    assert_eq!(v["provider"], "argos");
+    assert!(v.get("failover").is_none(), "{v}");
+    assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    let m = t.probe("/metrics").await.1;
+    assert_eq!(
+        series(
+            &m,
+            "liveness_failovers_total{primary=\"argos\",vendor=\"didit\"}"
+        ),
+        Some(4.0),
+        "{m}"
+    );
+    t.finish().await;
+}

@@ -47,6 +47,8 @@ fn config() -> PipelineConfig {
         claim_lease: Duration::from_secs(30),
         traffic: crate::config::Config::from_toml("").unwrap().traffic,
         concurrency: 32,
+        failover_document: Vec::new(),
+        failover_face: Vec::new(),
     }
 }
 

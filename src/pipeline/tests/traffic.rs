@@ -67,3 +67,55 @@ async fn a_rate_limit_spaces_the_calls_and_adaptive_concurrency_bounds_them() {
         started.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_default_vendor_fails_over_unless_the_job_named_it() {
+    let cfg = PipelineConfig {
+        failover_document: vec![ProviderName::Intellicheck],
+        ..config()
+    };
+    let images = Arc::new(Images::default());
+    images.put(IMAGE, samples::png(1, 2000, None));
+    let argos = Arc::new(Vendor::new(ProviderName::Argos));
+    let intellicheck = Arc::new(Vendor::new(ProviderName::Intellicheck));
+    argos.then(Answer::Error(VendorError::credentials("key refused")));
+    let pipeline = Pipeline::new(
+        cfg,
+        images,
+        vec![argos.clone(), intellicheck.clone()],
+        Arc::new(Metrics::new()),
+    )
+    .with_outcomes(Arc::new(Outcomes::default()));
+    let step = async |body: String| {
+        let incoming = pipeline.parse(body.as_bytes(), 0, Carried::default(), None);
+        pipeline.step(&incoming).await
+    };
+    // Argos refuses the key: paused, the job parked.
+    retry(&step(job("f1")).await);
+    // The next job that names no vendor goes to Intellicheck, and says why.
+    let f = step(job("f2")).await;
+    let r = result(&f);
+    assert_eq!(r.provider, ProviderName::Intellicheck);
+    let why = r.failover.as_ref().expect("the failover is recorded");
+    assert_eq!(why.primary, ProviderName::Argos);
+    assert!(why.reason.contains("argos is paused"), "{}", why.reason);
+    // A job that named Argos is never failed over: it parks.
+    let f = step(job_with("f3", r#","provider":"argos""#)).await;
+    retry(&f);
+    assert_eq!(argos.calls(), 1);
+    assert_eq!(intellicheck.calls(), 1);
+    // Once the probe is due, the default vendor gets the job again.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let f = step(job("f4")).await;
+    let r = result(&f);
+    assert_eq!(
+        (r.provider, r.failover.is_none()),
+        (ProviderName::Argos, true)
+    );
+    assert!(
+        pipeline
+            .metrics()
+            .encode()
+            .contains(r#"liveness_failovers_total{primary="argos",vendor="intellicheck"} 1"#)
+    );
+}
