@@ -4,8 +4,9 @@
 # worker measured in the same run. Rewrites bench/results/ (results.md,
 # results.json, chart.png) and prints the table.
 #
-# Usage: scripts/bench.sh [--short] [--rounds N] [--only throughput,cpu,rss,drain] [--out DIR]
+# Usage: scripts/bench.sh [--short] [--rounds N] [--only throughput,cpu,rss,drain|traffic] [--out DIR]
 #   --short   a few minutes: fewer jobs, one round, 100 000 queued jobs instead of 1 000 000
+#   --only traffic   vendor traffic control alone (docs/traffic.md): writes traffic.md/.json only
 #
 # Starts RabbitMQ and Garage like scripts/test.sh, builds the worker in release
 # mode, installs the Python baseline's pinned dependencies (bench/requirements.txt)
