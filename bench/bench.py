@@ -22,10 +22,12 @@ Scenarios (see docs/benchmark.md):
               flight sharing a Redis, the emulator admitting 50 requests/s:
               6 000 jobs with the limit configured (throughput against the
               limit, 429 share), the same with the limit unknown to the worker
-              (adaptive concurrency; throughput after the first 30 s), and a
+              (adaptive concurrency; throughput after the first 30 s), a
               daily budget of 1 000 with 3 000 jobs (submissions, parked, dead
-              letters; then the budget raised and the rest drained). Written to
-              traffic.md and traffic.json only (the other figures are kept).
+              letters; then the budget raised and the rest drained), and 3 000
+              face jobs failing over to Didit once Argos's key is revoked
+              halfway. Written to traffic.md and traffic.json only (the other
+              figures are kept).
 The throughput and cpu scenarios run the Rust worker with the results store
 (as in production), without it (the same work as the baseline) and the Python
 worker, alternating, `--rounds` times.
@@ -358,6 +360,14 @@ def render_traffic(t):
                    f"dead letters | {b['drained_results']:,}, {b['submissions_after']:,}, "
                    f"{b['dead_after']} in {b['drain_seconds']:.0f} s | {b['jobs']:,}, "
                    f"{b['jobs']:,}, 0 | {verdict(ok2)} |")
+    f = t.get("failover")
+    if f:
+        ok = f["results"] == f["jobs"] and f["dead"] == 0
+        by = ", ".join(f"{k} {v:,}" for k, v in sorted(f["by_provider"].items()))
+        out.append(f"| failover: {f['jobs']:,} face jobs (Argos, then Didit), Argos's key revoked "
+                   f"at {f['revoked_at']:,} results: results, by vendor, dead letters | "
+                   f"{f['results']:,} ({by}; {f['with_failover_field']:,} say why), {f['dead']} | "
+                   f"{f['jobs']:,}, 0 | {verdict(ok)} |")
     if t.get("notes"):
         out += ["", "Notes:", ""] + [f"- {n}" for n in t["notes"]]
     out += ["", "Reproduce: `scripts/bench.sh --only traffic` (raw figures: traffic.json).", ""]
@@ -458,9 +468,13 @@ def self_check():
         "budget": {"budget": 1000, "jobs": 3000, "submissions": 1000, "results": 1000,
                    "parked": 2000, "parks": 5000, "dead": 0, "raised_to": 100000,
                    "drained_results": 3000, "submissions_after": 3000, "dead_after": 0,
-                   "drain_seconds": 40.0}})
+                   "drain_seconds": 40.0},
+        "failover": {"jobs": 3000, "revoked_at": 1500, "results": 3000,
+                     "by_provider": {"argos": 1520, "didit": 1480}, "with_failover_field": 1480,
+                     "dead": 0}})
     assert "0.94 of the limit | ≥ 0.90 | met" in tr and "0.70 of the limit" in tr, tr
     assert "**not met**" in tr and "| 1,000, 1,000, 2,000 (parked 5,000 times), 0 |" in tr, tr
+    assert "3,000 (argos 1,520, didit 1,480; 1,480 say why), 0 | 3,000, 0 | met |" in tr, tr
     print("bench self-check: ok")
 
 
@@ -612,6 +626,29 @@ class Bench:
                                      headers={"content-type": "application/json"})
         urllib.request.urlopen(req, timeout=5).read()
 
+    def set_credentials(self, vendor, valid):
+        req = urllib.request.Request(f"{self.emu_url}/_admin/credentials/{vendor}", method="POST",
+                                     data=json.dumps({"valid": valid}).encode(),
+                                     headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def read_results(self, queue):
+        """Consumes the results in `queue`: (results by provider, how many
+        carry a failover field, total)."""
+        ch = self.conn.channel()
+        ch.basic_qos(prefetch_count=1000)
+        by, failed_over, total = {}, 0, 0
+        for _method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=1.0):
+            if body is None:
+                break
+            r = json.loads(body)
+            by[r.get("provider")] = by.get(r.get("provider"), 0) + 1
+            failed_over += 1 if r.get("failover") else 0
+            total += 1
+        ch.cancel()
+        ch.close()
+        return by, failed_over, total
+
     def vendor_calls(self):
         c = json.loads(urllib.request.urlopen(f"{self.emu_url}/_admin/calls", timeout=5).read())
         a = c.get("argos", {})
@@ -646,7 +683,7 @@ class Bench:
         q = self.ch.queue_declare(queue, passive=True)
         return q.method.message_count, q.method.consumer_count
 
-    def enqueue(self, prefix, n, label):
+    def enqueue(self, prefix, n, label, check="document"):
         """Publishes n jobs through `liveness-worker enqueue -` (pipelined
         confirms); unique job ids per run."""
         env = self.worker_env(prefix, 1, False)
@@ -659,7 +696,7 @@ class Bench:
         for i in range(n):
             batch.append(
                 f'{{"schema":"liveness.job.v1","job_id":"bench-{self.run_id}-{self.n}-{i}",'
-                f'"check":"document","image":"{uris[i % len(uris)]}"}}\n')
+                f'"check":"{check}","image":"{uris[i % len(uris)]}"}}\n')
             if len(batch) == 10000:
                 p.stdin.write("".join(batch).encode())
                 batch = []
@@ -1000,6 +1037,39 @@ def traffic_scenario(b, short):
                    "dead_after": b.depth(names["dead_queue"])[0], "drain_seconds": drain}
     b.cleanup(prefix)
     b.log(f"traffic budget: {t['budget']}")
+    # 4. Failover: face jobs, Argos by default and Didit behind it; Argos's
+    # key revoked once half the results are in.
+    fjobs = 1000 if short else 3000
+    prefix = f"bench-{b.run_id}-traffic-failover"
+    declare(prefix)
+    names = python_worker.names(prefix)
+    fo = {"LIVENESS_PROVIDERS__DEFAULT_FACE": "argos",
+          "LIVENESS_PROVIDERS__FAILOVER_FACE": '["didit"]',
+          "LIVENESS_PROVIDERS__DIDIT__BASE_URL": b.emu_url,
+          "LIVENESS_PROVIDERS__DIDIT__API_KEY": b.key,
+          "LIVENESS_RETRY__CREDENTIALS_PARK_STEP": "0"}
+    procs, _ = start(prefix, fo)
+    revoked_at = None
+    try:
+        b.enqueue(prefix, fjobs, "200KB", check="face")
+        deadline = time.monotonic() + b.a.run_timeout
+        while True:
+            done = b.depth(names["results_queue"])[0]
+            if revoked_at is None and done >= fjobs // 2:
+                b.set_credentials("argos", False)
+                revoked_at = done
+            if done >= fjobs or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop(procs)
+        b.set_credentials("argos", True)
+    by, failed_over, total = b.read_results(names["results_queue"])
+    t["failover"] = {"jobs": fjobs, "revoked_at": revoked_at, "results": total,
+                     "by_provider": by, "with_failover_field": failed_over,
+                     "dead": b.depth(names["dead_queue"])[0]}
+    b.cleanup(prefix)
+    b.log(f"traffic failover: {t['failover']}")
     if short:
         t["notes"].append(f"Short mode: {jobs} jobs per rate row, budget {budget} of {bjobs}.")
     return t
