@@ -388,3 +388,53 @@ async fn jobs_fail_over_while_the_default_vendor_is_paused() {
     );
     t.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_at_its_limit_leaves_the_other_vendors_slots_free() {
+    // Argos at 1 request/s; its waiting jobs may hold half of the 16 slots.
+    let t = TestEnv::start(
+        "share-slots",
+        "[traffic]\nwaiting_share = 0.5\n[traffic.argos]\nrate = \"1/s\"",
+    )
+    .await;
+    let argos_jobs = 30;
+    publish_face_jobs(&t, "slow", argos_jobs).await;
+    // Didit's jobs queue up behind Argos's backlog.
+    for i in 0..10 {
+        let img = samples::png(9200 + i, 1500, Some(r#"{"face":85}"#));
+        let uri = t.upload(&format!("quick-{i}.png"), img).await;
+        let mut job = t.job(&format!("quick-{i}"), "face", &uri);
+        job["provider"] = "didit".into();
+        t.publish(&job).await;
+    }
+    // All of Didit's results arrive long before Argos's backlog (30 s at
+    // 1/s) is through: its jobs were not stuck behind Argos's in the slots.
+    let q = t.names.results_queue.clone().expect("results queue");
+    let (mut didit, mut argos) = (0, 0);
+    while didit < 10 {
+        let (_, _, r) = t.take(&q, 1, Duration::from_secs(60)).await.remove(0);
+        match r["provider"].as_str() {
+            Some("didit") => didit += 1,
+            _ => argos += 1,
+        }
+    }
+    eprintln!("Argos results before Didit's 10 were all in: {argos}");
+    assert!(argos < argos_jobs / 2, "{argos} Argos results came first");
+    let m = t.probe("/metrics").await.1;
+    assert!(
+        series(
+            &m,
+            "liveness_vendor_throttled_total{vendor=\"argos\",reason=\"waiting_share\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    // Argos's jobs all finish too, at its pace, none dead-lettered.
+    let rest = t
+        .take(&q, (argos_jobs - argos) as usize, Duration::from_secs(90))
+        .await;
+    assert!(rest.iter().all(|(_, _, r)| r["provider"] == "argos"));
+    assert_eq!(t.calls().await["argos"]["submissions"], argos_jobs);
+    assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    t.finish().await;
+}
