@@ -17,7 +17,17 @@ Scenarios (see docs/benchmark.md):
   rss         3 MB images, 16/64/256 in flight; 64 again with 1 000 and
               1 000 000 jobs queued (the run stops after a few hundred results);
   drain       a 200 KB backlog, 300 ms latency, 32 in flight per replica,
-              drained by one and by three replicas.
+              drained by one and by three replicas;
+  traffic     vendor traffic control (docs/traffic.md), three replicas x 64 in
+              flight sharing a Redis, the emulator admitting 50 requests/s:
+              6 000 jobs with the limit configured (throughput against the
+              limit, 429 share), the same with the limit unknown to the worker
+              (adaptive concurrency; throughput after the first 30 s), a
+              daily budget of 1 000 with 3 000 jobs (submissions, parked, dead
+              letters; then the budget raised and the rest drained), and 3 000
+              face jobs failing over to Didit once Argos's key is revoked
+              halfway. Written to traffic.md and traffic.json only (the other
+              figures are kept).
 The throughput and cpu scenarios run the Rust worker with the results store
 (as in production), without it (the same work as the baseline) and the Python
 worker, alternating, `--rounds` times.
@@ -597,6 +607,66 @@ def chart_plan(r):
     return panels
 
 
+def render_traffic(t):
+    """The traffic scenario's report (docs/traffic.md)."""
+    m = t["machine"]
+    lim = t["limit_per_s"]
+    out = [
+        "# liveness-worker benchmark: vendor traffic control",
+        "",
+        f"{t['date']} on {m['cores']} cores ({m['cpu']}); RabbitMQ, Redis, Garage, the emulator "
+        f"and {t['replicas']} worker replicas (release build, {t['concurrency']} in flight each) "
+        f"on this machine. The emulator admits {lim} requests per sliding second (then 429 with "
+        f"Retry-After) and answers in {t['latency_ms']} ms; 200 KB images.",
+        "",
+        "| row | measured | target | |",
+        "|---|---|---|---|",
+    ]
+    k = t.get("known")
+    if k:
+        ratio = k["rate"] / lim
+        share = k["rate_limited"] / max(1, k["submissions"])
+        out.append(f"| {k['jobs']:,} jobs, worker told `rate = \"{k['configured']}\"`: throughput "
+                   f"(10%–90% of the results) | {k['rate']:.1f} jobs/s = {ratio:.2f} of the limit "
+                   f"| ≥ 0.90 | {verdict(ratio >= 0.9)} |")
+        out.append(f"| same run: 429 answers / submissions | {k['rate_limited']} / {k['submissions']} "
+                   f"= {share * 100:.2f} % | ≤ 2 % | {verdict(share <= 0.02)} |")
+    u = t.get("unknown")
+    if u:
+        ratio = (u["rate_after_30s"] or 0) / lim
+        share = u["rate_limited"] / max(1, u["submissions"])
+        out.append(f"| {u['jobs']:,} jobs, limit unknown to the worker (adaptive concurrency "
+                   f"`concurrency_max = {u['concurrency_max']}`): throughput after the first 30 s "
+                   f"| {(u['rate_after_30s'] or 0):.1f} jobs/s = {ratio:.2f} of the limit | ≥ 0.80 "
+                   f"| {verdict(ratio >= 0.8)} |")
+        out.append(f"| same run: 429 answers / submissions (reported, no target) | "
+                   f"{u['rate_limited']} / {u['submissions']} = {share * 100:.1f} % | – | |")
+    b = t.get("budget")
+    if b:
+        ok = b["submissions"] == b["budget"] and b["dead"] == 0 and b["parked"] == b["jobs"] - b["budget"]
+        out.append(f"| budget {b['budget']:,} with {b['jobs']:,} jobs: submissions, results, "
+                   f"jobs parked, dead letters | {b['submissions']:,}, {b['results']:,}, "
+                   f"{b['parked']:,} (parked {b['parks']:,} times), {b['dead']} | exactly "
+                   f"{b['budget']:,}, –, {b['jobs'] - b['budget']:,}, 0 | {verdict(ok)} |")
+        ok2 = b["drained_results"] == b["jobs"] and b["dead_after"] == 0
+        out.append(f"| budget raised to {b['raised_to']:,} (restart): results, submissions in all, "
+                   f"dead letters | {b['drained_results']:,}, {b['submissions_after']:,}, "
+                   f"{b['dead_after']} in {b['drain_seconds']:.0f} s | {b['jobs']:,}, "
+                   f"{b['jobs']:,}, 0 | {verdict(ok2)} |")
+    f = t.get("failover")
+    if f:
+        ok = f["results"] == f["jobs"] and f["dead"] == 0
+        by = ", ".join(f"{k} {v:,}" for k, v in sorted(f["by_provider"].items()))
+        out.append(f"| failover: {f['jobs']:,} face jobs (Argos, then Didit), Argos's key revoked "
+                   f"at {f['revoked_at']:,} results: results, by vendor, dead letters | "
+                   f"{f['results']:,} ({by}; {f['with_failover_field']:,} say why), {f['dead']} | "
+                   f"{f['jobs']:,}, 0 | {verdict(ok)} |")
+    if t.get("notes"):
+        out += ["", "Notes:", ""] + [f"- {n}" for n in t["notes"]]
+    out += ["", "Reproduce: `scripts/bench.sh --only traffic` (raw figures: traffic.json).", ""]
+    return "\n".join(out)
+
+
 def render_chart(r, path):
     """Draws chart_plan(r) into `path` (PNG); nothing when nothing was measured."""
     panels = chart_plan(r)
@@ -739,6 +809,23 @@ def self_check():
     assert not check_instructions({}, committed)[0][4]
     empty = dict(part, cpu={s: {k: [] for k in KINDS} for s in ("200KB", "3MB")})
     assert chart_plan(empty) == [] and "Chart" not in render_markdown(empty)
+    tr = render_traffic({
+        "machine": {"cores": 2, "cpu": "x"}, "date": "d", "replicas": 3, "concurrency": 64,
+        "limit_per_s": 50, "latency_ms": 20,
+        "known": {"jobs": 6000, "configured": "48/s", "rate": 47.0, "rate_limited": 3,
+                  "submissions": 6003},
+        "unknown": {"jobs": 6000, "concurrency_max": 64, "rate_after_30s": 35.0,
+                    "rate_limited": 900, "submissions": 6900},
+        "budget": {"budget": 1000, "jobs": 3000, "submissions": 1000, "results": 1000,
+                   "parked": 2000, "parks": 5000, "dead": 0, "raised_to": 100000,
+                   "drained_results": 3000, "submissions_after": 3000, "dead_after": 0,
+                   "drain_seconds": 40.0},
+        "failover": {"jobs": 3000, "revoked_at": 1500, "results": 3000,
+                     "by_provider": {"argos": 1520, "didit": 1480}, "with_failover_field": 1480,
+                     "dead": 0}})
+    assert "0.94 of the limit | ≥ 0.90 | met" in tr and "0.70 of the limit" in tr, tr
+    assert "**not met**" in tr and "| 1,000, 1,000, 2,000 (parked 5,000 times), 0 |" in tr, tr
+    assert "3,000 (argos 1,520, didit 1,480; 1,480 say why), 0 | 3,000, 0 | met |" in tr, tr
     print("bench self-check: ok")
 
 
@@ -886,6 +973,40 @@ class Bench:
                                      headers={"content-type": "application/json"})
         urllib.request.urlopen(req, timeout=5).read()
 
+    def set_faults(self, faults):
+        req = urllib.request.Request(f"{self.emu_url}/_admin/faults", method="PUT",
+                                     data=json.dumps(faults).encode(),
+                                     headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def set_credentials(self, vendor, valid):
+        req = urllib.request.Request(f"{self.emu_url}/_admin/credentials/{vendor}", method="POST",
+                                     data=json.dumps({"valid": valid}).encode(),
+                                     headers={"content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def read_results(self, queue):
+        """Consumes the results in `queue`: (results by provider, how many
+        carry a failover field, total)."""
+        ch = self.conn.channel()
+        ch.basic_qos(prefetch_count=1000)
+        by, failed_over, total = {}, 0, 0
+        for _method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=1.0):
+            if body is None:
+                break
+            r = json.loads(body)
+            by[r.get("provider")] = by.get(r.get("provider"), 0) + 1
+            failed_over += 1 if r.get("failover") else 0
+            total += 1
+        ch.cancel()
+        ch.close()
+        return by, failed_over, total
+
+    def vendor_calls(self):
+        c = json.loads(urllib.request.urlopen(f"{self.emu_url}/_admin/calls", timeout=5).read())
+        a = c.get("argos", {})
+        return a.get("submissions", 0), a.get("rate_limited", 0)
+
     # -- one run
 
     def worker_env(self, prefix, concurrency, store):
@@ -919,7 +1040,7 @@ class Bench:
         q = self.ch.queue_declare(queue, passive=True)
         return q.method.message_count, q.method.consumer_count
 
-    def enqueue(self, prefix, n, label):
+    def enqueue(self, prefix, n, label, check="document"):
         """Publishes n jobs through `liveness-worker enqueue -` (pipelined
         confirms); unique job ids per run."""
         env = self.worker_env(prefix, 1, False)
@@ -932,7 +1053,7 @@ class Bench:
         for i in range(n):
             batch.append(
                 f'{{"schema":"liveness.job.v1","job_id":"bench-{self.run_id}-{self.n}-{i}",'
-                f'"check":"document","image":"{uris[i % len(uris)]}"}}\n')
+                f'"check":"{check}","image":"{uris[i % len(uris)]}"}}\n')
             if len(batch) == 10000:
                 p.stdin.write("".join(batch).encode())
                 batch = []
@@ -1172,6 +1293,201 @@ class Bench:
         return out
 
 
+def metric_sum(port, name):
+    """Sum of one metric's series on a worker's /metrics (0 when absent)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                pass
+    return total
+
+
+def traffic_scenario(b, short):
+    """The traffic rows (docs/traffic.md, issue 18)."""
+    limit, latency, replicas, conc = 50, 20, 3, 64
+    jobs = 1500 if short else 6000
+    t = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+         "machine": machine(), "limit_per_s": limit, "latency_ms": latency,
+         "replicas": replicas, "concurrency": conc, "notes": []}
+    b.set_latency(latency)
+    b.set_faults({"vendor": "argos", "rate_limit_per_minute": limit, "rate_limit_window_ms": 1000})
+    redis = os.environ["LIVENESS_TEST_REDIS_URL"]
+
+    def start(prefix, extra):
+        env = b.worker_env(prefix, conc, True)
+        env["LIVENESS_COORDINATION__REDIS_URL"] = redis
+        env.update(extra)
+        procs, ports = [], []
+        for i in range(replicas):
+            port = free_port()
+            e = dict(env, LIVENESS_TELEMETRY__LISTEN=f"127.0.0.1:{port}")
+            procs.append(b.spawn("rust", e, f"{prefix}-{i}"))
+            ports.append(port)
+        names = python_worker.names(prefix)
+        while b.depth(names["jobs_queue"])[1] < replicas:
+            for p in procs:
+                if p.poll() is not None:
+                    raise SystemExit(f"a worker exited; see {b.tmp}")
+            time.sleep(0.05)
+        return procs, ports
+
+    def stop(procs):
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(90)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def drive(prefix, n, extra, until=None):
+        """Workers up, n jobs published, results followed until `until(done)`
+        or all n; returns samples, counts and the processes (still running)."""
+        names = python_worker.names(prefix)
+        procs, ports = start(prefix, extra)
+        sub0, lim0 = b.vendor_calls()
+        t0 = time.monotonic()
+        b.enqueue(prefix, n, "200KB")
+        samples = []
+        deadline = time.monotonic() + b.a.run_timeout
+        try:
+            while True:
+                done = b.depth(names["results_queue"])[0]
+                samples.append((time.monotonic() - t0, done))
+                if (until and until(done, ports)) or done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"traffic run timed out at {done}/{n}; see {b.tmp}")
+                time.sleep(0.2)
+        except BaseException:
+            stop(procs)
+            b.cleanup(prefix)
+            raise
+        sub1, lim1 = b.vendor_calls()
+        return {"samples": samples, "submissions": sub1 - sub0, "rate_limited": lim1 - lim0,
+                "dead": b.depth(names["dead_queue"])[0], "procs": procs, "ports": ports}
+
+    def declare(prefix):
+        ch = b.conn.channel()
+        python_worker.declare_topology(ch, prefix)
+        ch.close()
+
+    # 1. The limit configured (a little under the vendor's: its window is a
+    # sliding second, the worker's spacing is exact only on average).
+    configured = "47/s"
+    prefix = f"bench-{b.run_id}-traffic-known"
+    declare(prefix)
+    x = drive(prefix, jobs, {"LIVENESS_TRAFFIC__ARGOS__RATE": configured})
+    stop(x["procs"])
+    b.cleanup(prefix)
+    t["known"] = {"jobs": jobs, "configured": configured,
+                  "rate": window_rate(x["samples"], jobs), "submissions": x["submissions"],
+                  "rate_limited": x["rate_limited"], "dead": x["dead"],
+                  "seconds": x["samples"][-1][0]}
+    b.log(f"traffic known limit: {t['known']}")
+
+    # 2. The limit unknown: adaptive concurrency and the 429 block only.
+    prefix = f"bench-{b.run_id}-traffic-unknown"
+    declare(prefix)
+    x = drive(prefix, jobs, {"LIVENESS_TRAFFIC__ARGOS__CONCURRENCY_MAX": "64",
+                             "LIVENESS_TRAFFIC__ARGOS__CONCURRENCY_INITIAL": "8"})
+    stop(x["procs"])
+    b.cleanup(prefix)
+    s30 = [(ts, d) for ts, d in x["samples"] if ts >= 30.0]
+    rate30 = ((s30[-1][1] - s30[0][1]) / (s30[-1][0] - s30[0][0])
+              if len(s30) >= 2 and s30[-1][0] > s30[0][0] else None)
+    t["unknown"] = {"jobs": jobs, "concurrency_max": 64, "rate_after_30s": rate30,
+                    "rate": window_rate(x["samples"], jobs), "submissions": x["submissions"],
+                    "rate_limited": x["rate_limited"], "dead": x["dead"],
+                    "seconds": x["samples"][-1][0]}
+    b.log(f"traffic unknown limit: {t['unknown']}")
+
+    # 3. A budget: 1 000 of 3 000 jobs, the rest parked; then raised.
+    b.set_faults({"vendor": "argos", "rate_limit_per_minute": 0})
+    budget, bjobs = (300, 900) if short else (1000, 3000)
+    prefix = f"bench-{b.run_id}-traffic-budget"
+    declare(prefix)
+    names = python_worker.names(prefix)
+    park = {"LIVENESS_TRAFFIC__ARGOS__DAILY_BUDGET": str(budget),
+            "LIVENESS_RETRY__CREDENTIALS_PARK_STEP": "0"}
+    sub_before, _ = b.vendor_calls()
+
+    def parked_enough(done, ports):
+        # Every job past the budget has parked at least once, twice over.
+        parks = sum(metric_sum(p, 'liveness_vendor_throttled_total{vendor="argos",reason="budget"}')
+                    for p in ports)
+        return done >= budget and parks >= 2 * (bjobs - budget)
+
+    x = drive(prefix, bjobs, park, until=parked_enough)
+    time.sleep(2)
+    results = b.depth(names["results_queue"])[0]
+    parks = sum(metric_sum(p, 'liveness_vendor_throttled_total{vendor="argos",reason="budget"}')
+                for p in x["ports"])
+    stop(x["procs"])
+    sub_mid, _ = b.vendor_calls()
+    dead = b.depth(names["dead_queue"])[0]
+    t0 = time.monotonic()
+    raised = 100 * budget
+    procs, _ = start(prefix, dict(park, LIVENESS_TRAFFIC__ARGOS__DAILY_BUDGET=str(raised)))
+    deadline = time.monotonic() + b.a.run_timeout
+    while b.depth(names["results_queue"])[0] < bjobs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    drain = time.monotonic() - t0
+    drained = b.depth(names["results_queue"])[0]
+    stop(procs)
+    sub_after, _ = b.vendor_calls()
+    t["budget"] = {"budget": budget, "jobs": bjobs, "submissions": sub_mid - sub_before,
+                   "results": results, "parked": bjobs - results - dead, "parks": int(parks),
+                   "dead": dead, "raised_to": raised, "drained_results": drained,
+                   "submissions_after": sub_after - sub_before,
+                   "dead_after": b.depth(names["dead_queue"])[0], "drain_seconds": drain}
+    b.cleanup(prefix)
+    b.log(f"traffic budget: {t['budget']}")
+    # 4. Failover: face jobs, Argos by default and Didit behind it; Argos's
+    # key revoked once half the results are in.
+    fjobs = 1000 if short else 3000
+    prefix = f"bench-{b.run_id}-traffic-failover"
+    declare(prefix)
+    names = python_worker.names(prefix)
+    fo = {"LIVENESS_PROVIDERS__DEFAULT_FACE": "argos",
+          "LIVENESS_PROVIDERS__FAILOVER_FACE": '["didit"]',
+          "LIVENESS_PROVIDERS__DIDIT__BASE_URL": b.emu_url,
+          "LIVENESS_PROVIDERS__DIDIT__API_KEY": b.key,
+          "LIVENESS_RETRY__CREDENTIALS_PARK_STEP": "0"}
+    procs, _ = start(prefix, fo)
+    revoked_at = None
+    try:
+        b.enqueue(prefix, fjobs, "200KB", check="face")
+        deadline = time.monotonic() + b.a.run_timeout
+        while True:
+            done = b.depth(names["results_queue"])[0]
+            if revoked_at is None and done >= fjobs // 2:
+                b.set_credentials("argos", False)
+                revoked_at = done
+            if done >= fjobs or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop(procs)
+        b.set_credentials("argos", True)
+    by, failed_over, total = b.read_results(names["results_queue"])
+    t["failover"] = {"jobs": fjobs, "revoked_at": revoked_at, "results": total,
+                     "by_provider": by, "with_failover_field": failed_over,
+                     "dead": b.depth(names["dead_queue"])[0]}
+    b.cleanup(prefix)
+    b.log(f"traffic failover: {t['failover']}")
+    if short:
+        t["notes"].append(f"Short mode: {jobs} jobs per rate row, budget {budget} of {bjobs}.")
+    return t
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--self-check", action="store_true")
@@ -1202,8 +1518,26 @@ def main():
     short = a.short
     rounds = a.rounds or (1 if short else 3)
     only = set(a.only.split(","))
-    # The folder holds this run's figures only.
     os.makedirs(a.out, exist_ok=True)
+    if only == {"traffic"}:
+        # Its own files: the other figures stay.
+        b = Bench(a)
+        b.upload_images()
+        b.start_emulator()
+        try:
+            t = traffic_scenario(b, short)
+        finally:
+            b.emulator.terminate()
+            b.emulator.wait(10)
+            b.remove_objects()
+        with open(os.path.join(a.out, "traffic.json"), "w") as f:
+            json.dump(t, f, indent=1)
+        md = render_traffic(t)
+        with open(os.path.join(a.out, "traffic.md"), "w") as f:
+            f.write(md)
+        print(md)
+        return
+    # The folder holds this run's figures only.
     for f in os.listdir(a.out):
         if f in ("results.json", "results.md", "chart.png") or f.startswith("perf-"):
             os.remove(os.path.join(a.out, f))

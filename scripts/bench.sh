@@ -4,9 +4,10 @@
 # worker measured in the same run. Rewrites bench/results/ (results.md,
 # results.json, chart.png) and prints the table.
 #
-# Usage: scripts/bench.sh [--short] [--rounds N] [--only throughput,cpu,rss,drain,instructions] [--out DIR]
+# Usage: scripts/bench.sh [--short] [--rounds N] [--only throughput,cpu,rss,drain,instructions|traffic] [--out DIR]
 #        scripts/bench.sh --check [--update-instructions]
 #   --short   a few minutes: fewer jobs, one round, 100 000 queued jobs instead of 1 000 000
+#   --only traffic   vendor traffic control alone (docs/traffic.md): writes traffic.md/.json only
 #   --check   instructions per job of the worker under valgrind's callgrind (a count, not
 #             a time: steady on a busy machine) on a small fixed workload, against
 #             bench/instructions.json; fails on a rise beyond its tolerance. Writes no
@@ -18,7 +19,7 @@
 # drifts on shared machines: take figures on a quiet machine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-case "${1:-}" in -h | --help) sed -n '2,19p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 0 ;; esac
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/liveness-worker/target}"
 eval "$(scripts/services.sh --print-env)"

@@ -239,6 +239,129 @@ struct Outcome {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VendorReason {
+    vendor: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VendorWindow {
+    vendor: &'static str,
+    window: &'static str,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Vendor traffic control (docs/traffic.md).
+struct TrafficMetrics {
+    concurrency_limit: Family<VendorLabels, FloatGauge>,
+    latency: Family<VendorLabels, FloatGauge>,
+    latency_baseline: Family<VendorLabels, FloatGauge>,
+    decreases: Family<VendorReason, Counter>,
+    waits: Family<VendorLabels, Histogram>,
+    throttled: Family<VendorReason, Counter>,
+    blocks: Family<VendorLabels, Counter>,
+    rate: Family<VendorLabels, FloatGauge>,
+    budget_used: Family<VendorWindow, Gauge>,
+    budget_remaining: Family<VendorWindow, Gauge>,
+    budget_warning: Family<VendorLabels, Gauge>,
+    budget_exhausted: Family<VendorLabels, Gauge>,
+    failovers: Family<FailoverLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailoverLabels {
+    primary: &'static str,
+    vendor: &'static str,
+}
+
+impl TrafficMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let t = TrafficMetrics {
+            concurrency_limit: Family::default(),
+            latency: Family::default(),
+            latency_baseline: Family::default(),
+            decreases: Family::default(),
+            waits: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            throttled: Family::default(),
+            blocks: Family::default(),
+            rate: Family::default(),
+            budget_used: Family::default(),
+            budget_remaining: Family::default(),
+            budget_warning: Family::default(),
+            budget_exhausted: Family::default(),
+            failovers: Family::default(),
+        };
+        registry.register(
+            "failovers",
+            "Jobs sent to another vendor because their check's default one could not be called, by default (primary) and vendor used",
+            t.failovers.clone(),
+        );
+        registry.register(
+            "vendor_concurrency_limit",
+            "Adaptive concurrency: calls in flight this replica allows a vendor now (its whole part)",
+            t.concurrency_limit.clone(),
+        );
+        registry.register(
+            "vendor_latency_seconds",
+            "Adaptive concurrency: smoothed latency of a vendor's answered calls",
+            t.latency.clone(),
+        );
+        registry.register(
+            "vendor_latency_baseline_seconds",
+            "Adaptive concurrency: the slow average latency that rising latency is measured against",
+            t.latency_baseline.clone(),
+        );
+        registry.register(
+            "vendor_limit_decreases",
+            "Adaptive concurrency: decreases of a vendor's limit, by reason (rate_limited, timeout, latency)",
+            t.decreases.clone(),
+        );
+        registry.register(
+            "vendor_wait_seconds",
+            "Time jobs waited in process for a vendor's rate token or concurrency slot before calling it",
+            t.waits.clone(),
+        );
+        registry.register(
+            "vendor_throttled",
+            "Jobs parked on the ladder instead of calling a vendor, by reason (rate, concurrency, waiting_share, budget)",
+            t.throttled.clone(),
+        );
+        registry.register(
+            "vendor_rate_limited_blocks",
+            "429 answers that held a vendor back for every replica (its Retry-After)",
+            t.blocks.clone(),
+        );
+        registry.register(
+            "vendor_rate_limit",
+            "Requests per second this replica may send a vendor: the fleet's rate with a coordination store, its share without one; 0: no limit",
+            t.rate.clone(),
+        );
+        registry.register(
+            "vendor_budget_used",
+            "Vendor submissions counted against the spend budget in the current window (day, month), fleet-wide, as last seen",
+            t.budget_used.clone(),
+        );
+        registry.register(
+            "vendor_budget_remaining",
+            "What is left of a vendor's spend budget in the current window (day, month), as last seen",
+            t.budget_remaining.clone(),
+        );
+        registry.register(
+            "vendor_budget_warning",
+            "1 once a vendor's budget use passed traffic.<vendor>.budget_warning in a current window",
+            t.budget_warning.clone(),
+        );
+        registry.register(
+            "vendor_budget_exhausted",
+            "1 while a vendor's budget is spent (its jobs park until the window turns or the budget is raised)",
+            t.budget_exhausted.clone(),
+        );
+        t
+    }
+}
+
 /// Every metric the worker exports.
 pub struct Metrics {
     registry: Registry,
@@ -263,6 +386,7 @@ pub struct Metrics {
     publish_unroutable: Family<TargetLabels, Gauge>,
     consuming: Gauge,
     queue_wait: Histogram,
+    traffic: TrafficMetrics,
     /// Totals the fleet heartbeat reports (results by routing key, dead
     /// letters by class).
     fleet: std::sync::Mutex<FleetCounters>,
@@ -433,7 +557,9 @@ impl Metrics {
             "Time from a job's publish (its AMQP timestamp, when set) to its delivery to this replica",
             queue_wait.clone(),
         );
+        let traffic = TrafficMetrics::register(&mut registry);
         let m = Metrics {
+            traffic,
             registry,
             jobs,
             dead_letters,
@@ -645,6 +771,114 @@ impl Metrics {
 
     pub fn publish_failed(&self) {
         self.publish_failures.inc();
+    }
+
+    /// A vendor's adaptive concurrency now: its limit, smoothed latency and
+    /// baseline (seconds).
+    pub fn set_concurrency(
+        &self,
+        vendor: ProviderName,
+        limit: f64,
+        latency: Option<f64>,
+        baseline: Option<f64>,
+    ) {
+        let l = VendorLabels {
+            vendor: vendor.as_str(),
+        };
+        self.traffic
+            .concurrency_limit
+            .get_or_create(&l)
+            .set(limit.floor());
+        if let Some(v) = latency {
+            self.traffic.latency.get_or_create(&l).set(v);
+        }
+        if let Some(v) = baseline {
+            self.traffic.latency_baseline.get_or_create(&l).set(v);
+        }
+    }
+
+    pub fn limit_decreased(&self, vendor: ProviderName, reason: &'static str) {
+        self.traffic
+            .decreases
+            .get_or_create(&VendorReason {
+                vendor: vendor.as_str(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn vendor_wait(&self, vendor: ProviderName, waited: Duration) {
+        self.traffic
+            .waits
+            .get_or_create(&VendorLabels {
+                vendor: vendor.as_str(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn vendor_throttled(&self, vendor: ProviderName, reason: &'static str) {
+        self.traffic
+            .throttled
+            .get_or_create(&VendorReason {
+                vendor: vendor.as_str(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn vendor_blocked(&self, vendor: ProviderName) {
+        self.traffic
+            .blocks
+            .get_or_create(&VendorLabels {
+                vendor: vendor.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn set_vendor_rate(&self, vendor: ProviderName, per_second: f64) {
+        self.traffic
+            .rate
+            .get_or_create(&VendorLabels {
+                vendor: vendor.as_str(),
+            })
+            .set(per_second);
+    }
+
+    /// A budget window's use (`window`: day or month) and what is left.
+    pub fn set_budget(&self, vendor: ProviderName, window: &'static str, used: u64, cap: u64) {
+        let l = VendorWindow {
+            vendor: vendor.as_str(),
+            window,
+        };
+        self.traffic.budget_used.get_or_create(&l).set(used as i64);
+        self.traffic
+            .budget_remaining
+            .get_or_create(&l)
+            .set(cap.saturating_sub(used) as i64);
+    }
+
+    pub fn set_budget_flags(&self, vendor: ProviderName, warning: bool, exhausted: bool) {
+        let l = VendorLabels {
+            vendor: vendor.as_str(),
+        };
+        self.traffic
+            .budget_warning
+            .get_or_create(&l)
+            .set(warning as i64);
+        self.traffic
+            .budget_exhausted
+            .get_or_create(&l)
+            .set(exhausted as i64);
+    }
+
+    pub fn failover(&self, primary: ProviderName, vendor: ProviderName) {
+        self.traffic
+            .failovers
+            .get_or_create(&FailoverLabels {
+                primary: primary.as_str(),
+                vendor: vendor.as_str(),
+            })
+            .inc();
     }
 
     /// Counts a job in flight until the guard drops.

@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Toml};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "broker",
     "console",
     "worker",
@@ -18,6 +18,7 @@ const SECTIONS: [&str; 10] = [
     "results",
     "providers",
     "coordination",
+    "traffic",
     "callbacks",
     "telemetry",
 ];
@@ -142,4 +143,26 @@ pub(super) fn read_env_file(path: &Path) -> anyhow::Result<Vec<(String, String)>
         out.push((k.trim().to_owned(), v.to_owned()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_section_of_the_defaults_is_reachable_from_the_environment() {
+        let tables: Vec<&str> = DEFAULT_TOML
+            .lines()
+            .filter_map(|l| l.strip_prefix('[')?.strip_suffix(']'))
+            .filter(|t| !t.contains('.'))
+            .collect();
+        assert!(tables.len() >= 9, "{tables:?}");
+        for t in tables {
+            assert!(
+                SECTIONS.contains(&t),
+                "[{t}] is missing from SECTIONS: LIVENESS_{}__* would be ignored",
+                t.to_uppercase()
+            );
+        }
+    }
 }

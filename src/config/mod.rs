@@ -12,10 +12,12 @@ mod de;
 mod load;
 mod secret;
 mod tls;
+mod traffic;
 
 pub use load::{DEFAULT_TOML, Sources};
 pub use secret::Secret;
 pub use tls::BrokerTlsConfig;
+pub use traffic::{Rate, TrafficConfig, VendorTraffic};
 
 use crate::domain::bands::Bands;
 use crate::domain::routing::Routing;
@@ -36,6 +38,7 @@ pub struct Config {
     pub results: ResultsConfig,
     pub providers: ProvidersConfig,
     pub coordination: CoordinationConfig,
+    pub traffic: TrafficConfig,
     pub callbacks: CallbacksConfig,
     pub telemetry: TelemetryConfig,
     pub console: ConsoleConfig,
@@ -382,6 +385,9 @@ impl ResultsConfig {
 pub struct ProvidersConfig {
     pub default_document: ProviderName,
     pub default_face: ProviderName,
+    /// Vendors tried in order while the default one is paused or down.
+    pub failover_document: Vec<ProviderName>,
+    pub failover_face: Vec<ProviderName>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
@@ -401,6 +407,31 @@ impl ProvidersConfig {
             p.check(vendor.can_do(check), || {
                 format!("providers.{key} cannot be {vendor}: it does not do {check} checks")
             });
+        }
+        for (key, default, list, check) in [
+            (
+                "failover_document",
+                self.default_document,
+                &self.failover_document,
+                Check::Document,
+            ),
+            (
+                "failover_face",
+                self.default_face,
+                &self.failover_face,
+                Check::Face,
+            ),
+        ] {
+            for (i, v) in list.iter().enumerate() {
+                p.check(v.can_do(check), || {
+                    format!("providers.{key} cannot list {v}: it does not do {check} checks")
+                });
+                p.check(*v != default && !list[..i].contains(v), || {
+                    format!(
+                        "providers.{key} lists {v} twice or with the default vendor it backs up"
+                    )
+                });
+            }
         }
         p.check(
             (1024..=256 << 20).contains(&self.max_response_bytes),
@@ -771,8 +802,14 @@ impl Config {
         self.results.validate(&mut p);
         self.providers.validate(&mut p);
         self.coordination.validate(&mut p);
+        self.traffic.validate(&mut p);
         self.callbacks.validate(&mut p);
         self.console.validate(&mut p);
+        // A budget counted per replica would let N replicas spend N times it.
+        p.check(
+            !self.traffic.any_budget() || self.coordination.enabled(),
+            || "traffic.<vendor>.daily_budget and monthly_budget need coordination.redis_url: a spend budget is counted fleet-wide".into(),
+        );
         p.check(
             self.results.max_record_bytes >= self.worker.max_job_bytes as u64 + 64 * 1024,
             || {
@@ -1021,6 +1058,43 @@ mod tests {
         ] {
             assert!(e.contains(k), "{k} not in {e}");
         }
+    }
+
+    #[test]
+    fn traffic_and_failover_settings_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert!(!c.traffic.argos.limited() && !c.traffic.any_budget());
+        assert!(c.providers.failover_document.is_empty());
+        let c = Config::from_toml(
+            "[traffic.didit]\nrate = \"300/m\"\n[providers]\nfailover_document = [\"intellicheck\"]",
+        )
+        .unwrap();
+        assert_eq!(c.traffic.didit.rate.per_second(), 5.0);
+        let e = Config::from_toml(
+            "[traffic]\nwaiting_share = 0\nmax_wait = \"1h\"\n\
+             [traffic.argos]\nburst = 0\nconcurrency_max = 4\nconcurrency_initial = 8\ndaily_budget = 10\nmonthly_budget = 5\nbudget_warning = 2\nlatency_tolerance = 1\n\
+             [providers]\nfailover_face = [\"intellicheck\", \"argos\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        for k in [
+            "traffic.waiting_share",
+            "traffic.max_wait",
+            "traffic.argos.burst",
+            "traffic.argos.concurrency_*",
+            "traffic.argos.daily_budget (10) must not exceed traffic.argos.monthly_budget (5)",
+            "traffic.argos.budget_warning",
+            "traffic.argos.latency_tolerance",
+            "need coordination.redis_url",
+            "providers.failover_face cannot list intellicheck",
+            "providers.failover_face lists argos twice or with the default vendor",
+        ] {
+            assert!(e.contains(k), "{k} not in {e}");
+        }
+        let e = Config::from_toml("[traffic.argos]\nrate = \"fast\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rate") && e.contains("50/s"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - Requeue counts: a job the worker itself had to put back (its outcome
 //!   could not be published) is not one step closer to poison.
 //! - Fleet heartbeats: each replica's state, shown by `status`.
+//! - Vendor traffic ([`traffic`]): fleet-wide rate limits, a vendor's
+//!   "blocked until" after a 429, spend budgets.
 //!
 //! Keys live under `<key_prefix>:<broker.prefix or "default">:`, so
 //! deployments sharing a Redis (and test runs) do not meet. Nothing here
@@ -16,8 +18,10 @@
 //! window they close, and heartbeats, which come back within seconds.
 
 pub mod fleet;
+pub mod traffic;
 
 pub use fleet::{Heartbeat, VendorState};
+pub use traffic::{RateSpec, Reservation, Spend, Spent, TrafficStore, Windows};
 
 use crate::config::CoordinationConfig;
 use crate::domain::job::JobId;

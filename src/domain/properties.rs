@@ -307,6 +307,7 @@ proptest! {
             attempts,
             timings_ms: Timings { fetch: sizes.1, vendor: sizes.2, total: sizes.3 },
             completed_at: "2026-01-01T00:00:00.000Z".into(),
+            failover: None,
         };
         let text = round_trips(&r);
         let back: LivenessResult = serde_json::from_str(&text).unwrap();

@@ -39,6 +39,19 @@ pub struct LivenessResult {
     pub timings_ms: Timings,
     /// RFC 3339.
     pub completed_at: String,
+    /// Set when the job named no provider and its check's default vendor
+    /// could not be called (paused, breaker open), so another one answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+}
+
+/// Why the vendor that answered is not the check's default one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Failover {
+    /// The check's default vendor, which was not called.
+    pub primary: ProviderName,
+    /// Why it was not called, in words an operator understands.
+    pub reason: String,
 }
 
 fn result_schema_tag(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -8,7 +8,8 @@ use super::replay::read_dead_letter;
 use super::{peek, queue_info};
 use crate::broker::{self, Names};
 use crate::config::Config;
-use crate::coordination::{Coordination, Heartbeat};
+use crate::coordination::{Coordination, Heartbeat, TrafficStore as _, Windows};
+use crate::domain::ProviderName;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -77,6 +78,71 @@ pub struct Status {
     pub fleet: Option<Fleet>,
     /// None when the dead-letter queue does not exist.
     pub dead_letters: Option<DeadLetterCounts>,
+    /// Vendor spend budgets (docs/traffic.md), read from the coordination
+    /// store; empty when no vendor has one.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub budgets: Vec<BudgetStatus>,
+}
+
+/// One vendor's spend budget in the current UTC day and month.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BudgetStatus {
+    pub vendor: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub day_used: u64,
+    /// 0: no daily budget.
+    pub daily_budget: u64,
+    /// What is left today; None without a daily budget.
+    pub day_left: Option<u64>,
+    /// `YYYY-MM`, UTC.
+    pub month: String,
+    pub month_used: u64,
+    /// 0: no monthly budget.
+    pub monthly_budget: u64,
+    pub month_left: Option<u64>,
+    /// Set when the coordination store could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The spend budgets of the vendors that have one, read from the store.
+async fn budgets(cfg: &Config) -> Vec<BudgetStatus> {
+    let vendors: Vec<ProviderName> = ProviderName::ALL
+        .into_iter()
+        .filter(|v| cfg.traffic.vendor(*v).has_budget())
+        .collect();
+    if vendors.is_empty() || !cfg.coordination.enabled() {
+        return Vec::new();
+    }
+    let store = Coordination::connect(&cfg.coordination, &cfg.broker.prefix);
+    let w = Windows::now();
+    let mut out = Vec::new();
+    for v in vendors {
+        let c = cfg.traffic.vendor(v);
+        let spent = match &store {
+            Ok(store) => store.spent(v, &w).await.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let (day_used, month_used, error) = match spent {
+            Ok(s) => (s.day, s.month, None),
+            Err(e) => (0, 0, Some(e)),
+        };
+        let left = |cap: u64, used: u64| (cap > 0).then(|| cap.saturating_sub(used));
+        out.push(BudgetStatus {
+            vendor: v.as_str().into(),
+            day: w.day.clone(),
+            day_used,
+            daily_budget: c.daily_budget,
+            day_left: left(c.daily_budget, day_used),
+            month: w.month.clone(),
+            month_used,
+            monthly_budget: c.monthly_budget,
+            month_left: left(c.monthly_budget, month_used),
+            error,
+        });
+    }
+    out
 }
 
 /// The replicas, as their heartbeats in the coordination store say.
@@ -203,6 +269,7 @@ pub async fn status(cfg: &Config, scan_limit: u32) -> anyhow::Result<Status> {
         queues,
         fleet: fleet(cfg).await,
         dead_letters,
+        budgets: budgets(cfg).await,
     })
 }
 
@@ -236,6 +303,7 @@ pub fn render(s: &Status) -> String {
     if let Some(f) = &s.fleet {
         render_fleet(&mut out, f);
     }
+    render_budgets(&mut out, &s.budgets);
     match &s.dead_letters {
         None => out.push_str("\nNo dead-letter queue yet (the worker declares it at start).\n"),
         Some(c) if c.scanned == 0 => {
@@ -288,6 +356,63 @@ pub fn render(s: &Status) -> String {
     out
 }
 
+fn render_budgets(out: &mut String, budgets: &[BudgetStatus]) {
+    if budgets.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "\n{:<12}  {:<10}  {:>21}  {:<7}  {:>21}\n",
+        "BUDGET", "DAY (UTC)", "USED / BUDGET (LEFT)", "MONTH", "USED / BUDGET (LEFT)"
+    ));
+    let cell = |used: u64, cap: u64, left: Option<u64>| match left {
+        Some(l) => format!("{used} / {cap} ({l})"),
+        None => format!("{used} / -"),
+    };
+    for b in budgets {
+        if let Some(e) = &b.error {
+            out.push_str(&format!(
+                "{:<12}  cannot read the coordination store: {e}\n",
+                b.vendor
+            ));
+            continue;
+        }
+        let mut line = format!(
+            "{:<12}  {:<10}  {:>21}  {:<7}  {:>21}",
+            b.vendor,
+            b.day,
+            cell(b.day_used, b.daily_budget, b.day_left),
+            b.month,
+            cell(b.month_used, b.monthly_budget, b.month_left),
+        );
+        if b.day_left == Some(0) || b.month_left == Some(0) {
+            line.push_str("  SPENT: its jobs are parked");
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+/// A vendor's traffic limits as a replica reported them, e.g.
+/// ` limit 12 rate 50/s blocked 800ms`.
+fn render_limit(limit: &serde_json::Value) -> String {
+    let mut s = String::new();
+    if let Some(c) = limit["concurrency_limit"].as_u64() {
+        s.push_str(&format!(" limit {c}"));
+    }
+    if let Some(r) = limit["replica_rate_per_s"].as_f64() {
+        let shared = limit["shared"].as_bool().unwrap_or(false);
+        s.push_str(&format!(
+            " rate {}/s{}",
+            (r * 100.0).round() / 100.0,
+            if shared { " (fleet)" } else { " (share)" }
+        ));
+    }
+    if let Some(b) = limit["blocked_for_ms"].as_u64() {
+        s.push_str(&format!(" blocked {b}ms"));
+    }
+    s
+}
+
 fn render_fleet(out: &mut String, f: &Fleet) {
     if let Some(e) = &f.error {
         out.push_str(&format!(
@@ -331,6 +456,15 @@ fn render_fleet(out: &mut String, f: &Fleet) {
                 }
                 if v.breaker_open {
                     s.push_str(" BREAKER OPEN");
+                }
+                if let Some(limit) = &v.limit {
+                    s.push_str(&render_limit(limit));
+                }
+                if v.budget
+                    .as_ref()
+                    .is_some_and(|b| b["exhausted"].as_bool() == Some(true))
+                {
+                    s.push_str(" BUDGET SPENT");
                 }
                 s
             })
@@ -416,7 +550,9 @@ mod tests {
                         breaker_open: false,
                         latency_ms_p50: None,
                         latency_ms_p95: None,
-                        limit: None,
+                        limit: Some(
+                            serde_json::json!({"concurrency_limit": 12, "replica_rate_per_s": 50.0, "shared": true}),
+                        ),
                         budget: None,
                     }],
                     counters: Default::default(),
@@ -435,8 +571,24 @@ mod tests {
                 }],
                 ..Default::default()
             }),
+            budgets: vec![BudgetStatus {
+                vendor: "didit".into(),
+                day: "2026-12-07".into(),
+                day_used: 1000,
+                daily_budget: 1000,
+                day_left: Some(0),
+                month: "2026-12".into(),
+                month_used: 5000,
+                monthly_budget: 0,
+                month_left: None,
+                error: None,
+            }],
         };
         let text = render(&s);
+        assert!(
+            text.contains("1000 / 1000 (0)") && text.contains("SPENT: its jobs are parked"),
+            "{text}"
+        );
         assert!(text.contains("SAMPLE: the oldest 10 of 50"), "{text}");
         assert!(text.contains("liveness.jobs"));
         assert!(text.contains("pod-a:7"), "{text}");
@@ -446,6 +598,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("2026-12-07T10:00:00 "), "{text}");
+        assert!(text.contains("limit 12 rate 50/s (fleet)"), "{text}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["dead_letters"]["complete"], false);
         assert_eq!(json["queues"][0]["ready"], 3);

@@ -43,6 +43,16 @@ impl Breaker {
         }
     }
 
+    /// Whether a call could go out now (closed, or its probe is due),
+    /// without taking the probe.
+    pub fn probe_due(&self) -> bool {
+        self.state
+            .lock()
+            .expect("breaker lock")
+            .open_until
+            .is_none_or(|t| Instant::now() >= t)
+    }
+
     /// Whether the breaker is open (or half-open, waiting for its probe).
     pub fn is_open(&self) -> bool {
         self.state

@@ -5,6 +5,7 @@
 use super::backoff::Backoff;
 use super::failure::{Failed, now_rfc3339};
 use super::gate::VendorGate;
+use super::traffic::Traffic;
 use crate::domain::dead_letter::{Failure, FailureClass};
 use crate::domain::{AttemptOutcome, ProviderName};
 use crate::providers::{ErrorKind, Provider, Submission, VendorError, VendorRequest};
@@ -69,7 +70,29 @@ impl Vendors {
 
     /// What this replica sees of each vendor now.
     pub fn states(&self) -> Vec<crate::coordination::VendorState> {
-        self.gate.states()
+        let mut states = self.gate.states();
+        self.gate.traffic().describe(&mut states);
+        states
+    }
+
+    /// The traffic limits (rate, adaptive concurrency, budget).
+    pub fn traffic(&self) -> &Traffic {
+        self.gate.traffic()
+    }
+
+    pub fn set_traffic(&mut self, traffic: Traffic) {
+        self.gate.set_traffic(traffic);
+    }
+
+    /// Why `name` cannot be called now (paused, breaker open, its probe
+    /// not due), or None.
+    pub fn unavailable(&self, name: ProviderName) -> Option<String> {
+        self.gate.unavailable(name)
+    }
+
+    /// The vendors this worker has adapters for.
+    pub fn names(&self) -> Vec<ProviderName> {
+        self.providers.keys().copied().collect()
     }
 
     /// The adapter for `name`, if this worker has one configured.
@@ -100,6 +123,9 @@ impl Vendors {
                 return Err(Failed::Abandoned);
             }
             self.gate.admit(name)?;
+            // A rate token, a concurrency slot, a unit of budget: waiting for
+            // them is no attempt; a job that cannot get them parks.
+            let admitted = self.gate.traffic().admit(name, deadline, stop).await?;
             let attempt = earlier_attempts
                 .saturating_add(log.len() as u32)
                 .saturating_add(1);
@@ -150,6 +176,10 @@ impl Vendors {
                 .filter(|e| e.kind == ErrorKind::Credentials)
                 .map(|e| e.message.as_str());
             self.gate.record(name, outcome, outage, took, refusal);
+            self.gate
+                .traffic()
+                .finish(name, admitted, answer.as_ref().map(|_| ()), took)
+                .await;
             drop(in_call);
             self.metrics.vendor_call(name, outcome, took);
             let e = match answer {

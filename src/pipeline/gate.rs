@@ -1,6 +1,8 @@
 //! The vendor gate: everything that decides whether a vendor may be called
-//! now. Today a credential pause and a circuit breaker per vendor, both
-//! local to this replica; fleet-wide limits plug in here.
+//! now: a credential pause and a circuit breaker per vendor, both local to
+//! this replica; and the fleet-wide limits it holds (rate, adaptive
+//! concurrency, spend budget: [`super::traffic`]), taken right after the
+//! gate admits an attempt, in the same loop of [`super::call`].
 //!
 //! - Pause: a credentials refusal pauses the vendor; its jobs park on the
 //!   ladder without a call. One job per `retry.pause_probe_interval` goes
@@ -10,6 +12,7 @@
 
 use super::breaker::Breaker;
 use super::failure::Failed;
+use super::traffic::Traffic;
 use crate::coordination::VendorState;
 use crate::domain::{AttemptOutcome, ProviderName};
 use crate::telemetry::Metrics;
@@ -19,6 +22,8 @@ use std::time::Duration;
 
 pub struct VendorGate {
     vendors: HashMap<ProviderName, Lanes>,
+    /// The fleet-wide limits, taken after [`VendorGate::admit`].
+    traffic: Traffic,
     metrics: Arc<Metrics>,
 }
 
@@ -61,6 +66,7 @@ impl VendorGate {
         breaker_failures: u32,
         breaker_cooldown: Duration,
         pause_probe_interval: Duration,
+        traffic: Traffic,
         metrics: Arc<Metrics>,
     ) -> Self {
         let vendors = vendors
@@ -74,7 +80,20 @@ impl VendorGate {
                 (v, lanes)
             })
             .collect();
-        VendorGate { vendors, metrics }
+        VendorGate {
+            vendors,
+            traffic,
+            metrics,
+        }
+    }
+
+    /// The vendors' traffic limits (rate, adaptive concurrency, budget).
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    pub fn set_traffic(&mut self, traffic: Traffic) {
+        self.traffic = traffic;
     }
 
     /// Whether `vendor` may be called now; if not, the job parks. A `true`
@@ -99,6 +118,28 @@ impl VendorGate {
             });
         }
         Ok(())
+    }
+
+    /// Why `vendor` cannot be called now, without taking its probe: paused
+    /// or its breaker open, and no probe due. None when it may be called.
+    pub fn unavailable(&self, vendor: ProviderName) -> Option<String> {
+        let lanes = self.vendors.get(&vendor)?;
+        if !lanes.pause.probe_due() {
+            let why = lanes
+                .live
+                .lock()
+                .expect("gate state")
+                .paused_reason
+                .clone()
+                .unwrap_or_else(|| "it refused our credentials".into());
+            return Some(format!("{vendor} is paused: {why}"));
+        }
+        if !lanes.breaker.probe_due() {
+            return Some(format!(
+                "{vendor} is failing every call (circuit breaker open)"
+            ));
+        }
+        None
     }
 
     /// Counts a call to `vendor` in progress until the guard drops.

@@ -29,6 +29,7 @@
 //! tests in `tests.rs` drive [`Pipeline::step`] through in-memory fakes on a
 //! paused clock.
 
+mod aimd;
 mod backoff;
 mod breaker;
 pub mod call;
@@ -47,6 +48,7 @@ mod step;
 #[cfg(test)]
 mod tests;
 pub mod token;
+pub mod traffic;
 mod verify;
 
 pub use callback::CallbackSettings;
@@ -55,8 +57,8 @@ pub use disposition::{Disposition, Finished};
 pub use failure::now_rfc3339;
 pub use step::Incoming;
 
-use crate::config::Config;
-use crate::coordination::Claims;
+use crate::config::{Config, TrafficConfig};
+use crate::coordination::{Claims, TrafficStore};
 use crate::domain::ProviderName;
 use crate::domain::routing::Routing;
 use crate::providers::Provider;
@@ -94,6 +96,13 @@ pub struct PipelineConfig {
     pub audit: bool,
     /// How long a claim on a job lasts unless renewed.
     pub claim_lease: Duration,
+    /// Vendor traffic control (rates, adaptive concurrency, budgets).
+    pub traffic: TrafficConfig,
+    /// `worker.concurrency`: `traffic.waiting_share` is a share of it.
+    pub concurrency: u32,
+    /// Vendors tried in order while a check's default one cannot be called.
+    pub failover_document: Vec<ProviderName>,
+    pub failover_face: Vec<ProviderName>,
 }
 
 impl PipelineConfig {
@@ -118,6 +127,10 @@ impl PipelineConfig {
             store_timeout: c.results.store_timeout,
             audit: c.results.audit,
             claim_lease: c.coordination.claim_lease,
+            traffic: c.traffic.clone(),
+            concurrency: u32::from(c.worker.concurrency),
+            failover_document: c.providers.failover_document.clone(),
+            failover_face: c.providers.failover_face.clone(),
         }
     }
 
@@ -150,11 +163,19 @@ impl Pipeline {
     ) -> Self {
         let providers: HashMap<ProviderName, Arc<dyn Provider>> =
             providers.into_iter().map(|p| (p.name(), p)).collect();
+        let traffic = traffic::Traffic::new(
+            &cfg.traffic,
+            cfg.concurrency,
+            providers.keys().copied(),
+            None,
+            metrics.clone(),
+        );
         let gate = gate::VendorGate::new(
             providers.keys().copied(),
             cfg.breaker_failures,
             cfg.breaker_cooldown,
             cfg.pause_probe_interval,
+            traffic,
             metrics.clone(),
         );
         Pipeline {
@@ -215,6 +236,26 @@ impl Pipeline {
             self.metrics.clone(),
         );
         self
+    }
+
+    /// Adds the coordination store's traffic state: rate limits, 429
+    /// blocks and budgets are shared by the fleet.
+    pub fn with_traffic(mut self, store: Arc<dyn TrafficStore>) -> Self {
+        let traffic = traffic::Traffic::new(
+            &self.cfg.traffic,
+            self.cfg.concurrency,
+            self.vendors.names(),
+            Some(store),
+            self.metrics.clone(),
+        );
+        self.vendors.set_traffic(traffic);
+        self
+    }
+
+    /// The traffic limits (the worker tells them how many replicas share
+    /// the rates when there is no coordination store).
+    pub fn traffic(&self) -> &traffic::Traffic {
+        self.vendors.traffic()
     }
 
     /// The claim stage (the callback receiver claims a job it settles).

@@ -193,8 +193,9 @@ impl Pipeline {
                 fetch_ms,
                 vendor_ms,
                 claim,
+                failover,
             }) => {
-                let result = self.result(
+                let mut result = self.result(
                     job,
                     provider,
                     assessment,
@@ -206,6 +207,7 @@ impl Pipeline {
                         total: started.elapsed().as_millis() as u64,
                     },
                 );
+                result.failover = failover;
                 let first = self
                     .outcomes
                     .store(

@@ -6,12 +6,12 @@ use super::call::{Bounds, Call};
 use super::claim::{Held, NotClaimed};
 use super::context::StepContext;
 use super::failure::{Failed, now_rfc3339};
-use crate::domain::ProviderName;
 use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::carried::Carried;
 use crate::domain::dead_letter::{Failure, FailureClass};
 use crate::domain::job::Job;
-use crate::domain::result::{ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
+use crate::domain::result::{Failover, ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
+use crate::domain::{Check, ProviderName};
 use crate::providers::{Image, Submission, VendorRequest};
 use crate::store::outcomes::PENDING_SCHEMA;
 use crate::store::{AttemptRecord, PendingSubmission, StoredOutcome};
@@ -41,6 +41,8 @@ pub(super) enum Verified {
         vendor_ms: u64,
         /// Held until the outcome is stored.
         claim: Option<Held>,
+        /// Why `provider` is not the check's default vendor, when it is not.
+        failover: Option<Failover>,
     },
     /// The results store already had this job's outcome for these images.
     Stored(Box<StoredOutcome>),
@@ -66,11 +68,12 @@ impl Pipeline {
         ctx: &StepContext<'_>,
         log: &mut Vec<AttemptRecord>,
     ) -> Result<Verified, Failed> {
-        let provider_name = self
+        let primary = self
             .cfg
             .routing
             .route(job)
             .map_err(|r| Failed::permanent(r.class, r.message))?;
+        let (provider_name, failover) = self.failover(job, primary);
         let provider = self.vendors.get(provider_name).ok_or_else(|| {
             Failed::permanent(
                 FailureClass::InvalidJob,
@@ -81,6 +84,11 @@ impl Pipeline {
             )
         })?;
 
+        // A vendor whose spend budget is known to be spent: park before
+        // fetching anything.
+        if let Some(parked) = self.vendors.traffic().early_park(provider_name) {
+            return Err(parked);
+        }
         let deadline = started + self.cfg.job_deadline;
         let limit = provider
             .max_image_bytes()
@@ -227,6 +235,7 @@ impl Pipeline {
                     fetch_ms,
                     vendor_ms,
                     claim,
+                    failover,
                 })
             }
             (Submission::Accepted(vendor), Some((_, mut pending))) => {
@@ -250,6 +259,37 @@ impl Pipeline {
                 "{provider_name} accepted the job for a callback it was not asked for"
             ))),
         }
+    }
+
+    /// Failover: a job that names no provider goes to the next vendor of its
+    /// check's failover list while its default one cannot be called (paused,
+    /// breaker open, its probe not due). A job that named its vendor never
+    /// fails over; with every vendor down, the default one's gate parks it.
+    fn failover(&self, job: &Job, primary: ProviderName) -> (ProviderName, Option<Failover>) {
+        let list = match job.check {
+            Check::Document => &self.cfg.failover_document,
+            Check::Face => &self.cfg.failover_face,
+        };
+        if job.provider.is_some() || list.is_empty() || self.vendors.get(primary).is_none() {
+            return (primary, None);
+        }
+        let Some(why) = self.vendors.unavailable(primary) else {
+            return (primary, None);
+        };
+        for &v in list {
+            if self.vendors.get(v).is_some() && self.vendors.unavailable(v).is_none() {
+                tracing::info!(primary = %primary, vendor = %v, reason = %why, "Failing over: the job goes to the next vendor of its check");
+                self.metrics.failover(primary, v);
+                return (
+                    v,
+                    Some(Failover {
+                        primary,
+                        reason: why,
+                    }),
+                );
+            }
+        }
+        (primary, None)
     }
 
     /// The job's claim, then its stored outcome: taken in this order, a
@@ -317,6 +357,7 @@ impl Pipeline {
             attempts,
             timings_ms,
             completed_at: now_rfc3339(),
+            failover: None,
         }
     }
 }

@@ -92,11 +92,20 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
             if let Err(e) = c.ping().await {
                 tracing::warn!(error = %e, "The coordination store does not answer now; jobs wait for it");
             }
-            pipeline = pipeline.with_claims(Arc::new(c));
+            pipeline = pipeline
+                .with_claims(Arc::new(c.clone()))
+                .with_traffic(Arc::new(c));
         }
-        None => tracing::warn!(
-            "coordination.redis_url is empty: no coordination store, so two live copies of one job (a producer's duplicate publish, a redelivery while the first copy still runs) may both be paid for"
-        ),
+        None => {
+            tracing::warn!(
+                "coordination.redis_url is empty: no coordination store, so two live copies of one job (a producer's duplicate publish, a redelivery while the first copy still runs) may both be paid for"
+            );
+            if pipeline.traffic().has_rates() {
+                tracing::warn!(
+                    "coordination.redis_url is empty: each replica takes its share of the vendor rate limits (traffic.<vendor>.rate divided by the consumers on the jobs queue), and a vendor's 429 holds back this replica only"
+                );
+            }
+        }
     }
     Ok(Arc::new(pipeline))
 }
@@ -212,6 +221,43 @@ pub async fn run(
     ended
 }
 
+/// Keeps a store-less replica's share of the rate limits in step with the
+/// consumers on the jobs queue (each replica one).
+async fn track_share(
+    ch: lapin::Channel,
+    queue: String,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+) {
+    loop {
+        let consumers = ch
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()
+            .map(|q| q.consumer_count());
+        if let Some(n) = consumers
+            && pipeline.traffic().set_replicas(n)
+        {
+            tracing::info!(
+                consumers = n,
+                "No coordination store: this replica takes 1/{n} of each vendor rate limit"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+    let _ = ch.close(200, "share".into()).await;
+}
+
 enum SessionEnd {
     Shutdown,
     Lost(String),
@@ -292,6 +338,19 @@ impl Consumer<'_> {
         // This session's deliveries stop before paying once it is lost (or
         // the drain runs out of time).
         let lost = self.drain_stop.child_token();
+        // Without a coordination store, the rate limits are shared by the
+        // consumers of the jobs queue: each replica takes its share.
+        let session_over = CancellationToken::new();
+        let _end_share = session_over.clone().drop_guard();
+        if !self.pipeline.traffic().is_shared() && self.pipeline.traffic().has_rates() {
+            let share_ch = conn.create_channel().await.map_err(retry)?;
+            tokio::spawn(track_share(
+                share_ch,
+                self.names.jobs_queue.clone(),
+                self.pipeline.clone(),
+                session_over.clone(),
+            ));
+        }
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,

@@ -198,6 +198,19 @@ impl TestEnv {
         }
     }
 
+    /// Stops the worker (it drains and exits cleanly), so it can be
+    /// started again, e.g. with a changed configuration.
+    pub async fn stop_worker(&mut self) {
+        self.shutdown.cancel();
+        if let Some(w) = self.worker.take() {
+            let r = tokio::time::timeout(Duration::from_secs(30), w)
+                .await
+                .expect("worker drains in time");
+            r.expect("worker task").expect("worker exits cleanly");
+        }
+        self.shutdown = CancellationToken::new();
+    }
+
     /// (ready messages, consumers) of a queue; None if it does not exist.
     async fn queue_info(&self, queue: &str) -> Option<(u32, u32)> {
         // A passive declare of a missing queue closes its channel: use a fresh one.

@@ -18,3 +18,4 @@ mod pay_once;
 mod results;
 mod telemetry;
 mod tls;
+mod traffic;

@@ -5,6 +5,7 @@
 mod bounds;
 mod callback;
 mod claims;
+mod traffic;
 
 use super::fakes::{Answer, Claims, Images, Outcomes, Vendor};
 use super::*;
@@ -44,6 +45,10 @@ fn config() -> PipelineConfig {
         store_timeout: Duration::from_secs(10),
         audit: true,
         claim_lease: Duration::from_secs(30),
+        traffic: crate::config::Config::from_toml("").unwrap().traffic,
+        concurrency: 32,
+        failover_document: Vec::new(),
+        failover_face: Vec::new(),
     }
 }
 

@@ -1,0 +1,756 @@
+//! Vendor traffic control (docs/traffic.md): what a job waits for, or parks
+//! for, between the gate and the vendor call.
+//!
+//! In this order, per attempt:
+//! 1. a concurrency slot of the vendor's adaptive limit ([`super::aimd`]);
+//! 2. a rate token: a reservation in the fleet-wide GCRA (the coordination
+//!    store's, or this replica's share of it), which also honours the
+//!    "blocked until" a vendor's 429 set for the whole fleet;
+//! 3. one unit of the vendor's spend budget (fleet-wide counters).
+//!
+//! Waiting for 1 and 2 is bounded by `traffic.max_wait` (and half the
+//! time left before the job's deadline); a job that would wait longer, or
+//! whose vendor already has its share of `worker.concurrency` waiting
+//! (`traffic.waiting_share`), or whose budget is spent, parks on the
+//! ladder: no vendor call, no attempt, no retry budget spent.
+
+use super::aimd::{Aimd, NoSlot, Signal, Slot};
+use super::failure::Failed;
+use crate::config::{TrafficConfig, VendorTraffic};
+use crate::coordination::traffic::gcra;
+use crate::coordination::{
+    RateSpec, Reservation, Spend, Spent, TrafficStore, Unavailable, VendorState, Windows,
+};
+use crate::domain::ProviderName;
+use crate::providers::VendorError;
+use crate::telemetry::Metrics;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A 429 without `Retry-After` or `X-RateLimit-Reset` holds the vendor
+/// back this long.
+const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
+
+pub struct Traffic {
+    store: Arc<dyn TrafficStore>,
+    /// Whether `store` is shared by the fleet (else each replica takes its
+    /// share of the rates).
+    shared: bool,
+    max_wait: Duration,
+    /// Jobs waiting for one vendor that may hold a worker slot.
+    waiting_cap: usize,
+    lanes: HashMap<ProviderName, Lane>,
+    /// Replicas the rates are shared among without a shared store.
+    replicas: AtomicU32,
+    metrics: Arc<Metrics>,
+}
+
+struct Lane {
+    cfg: VendorTraffic,
+    aimd: Option<Aimd>,
+    /// Jobs in [`Traffic::admit`] for this vendor now.
+    waiting: AtomicUsize,
+    seen: Mutex<Seen>,
+}
+
+/// What this replica last learnt of a vendor's shared state.
+#[derive(Default)]
+struct Seen {
+    /// The budget windows and counts of the last spend.
+    windows: Option<Windows>,
+    spent: Spent,
+    exhausted: bool,
+    warned: Option<String>,
+    blocked_until: Option<SystemTime>,
+}
+
+/// A vendor call admitted; tell it how the call went with
+/// [`Traffic::finish`].
+pub struct Admitted<'a> {
+    slot: Option<Slot<'a>>,
+}
+
+impl Traffic {
+    pub fn new(
+        cfg: &TrafficConfig,
+        concurrency: u32,
+        vendors: impl IntoIterator<Item = ProviderName>,
+        store: Option<Arc<dyn TrafficStore>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let lanes: HashMap<ProviderName, Lane> = vendors
+            .into_iter()
+            .map(|v| {
+                let c = cfg.vendor(v).clone();
+                let aimd = (c.concurrency_max > 0).then(|| {
+                    Aimd::new(
+                        c.concurrency_min,
+                        c.concurrency_initial,
+                        c.concurrency_max,
+                        c.latency_tolerance,
+                    )
+                });
+                if let Some(a) = &aimd {
+                    metrics.set_concurrency(v, a.limit(), None, None);
+                }
+                let lane = Lane {
+                    cfg: c,
+                    aimd,
+                    waiting: AtomicUsize::new(0),
+                    seen: Mutex::default(),
+                };
+                (v, lane)
+            })
+            .collect();
+        let shared = store.is_some();
+        let t = Traffic {
+            store: store.unwrap_or_else(|| Arc::new(LocalTraffic::default())),
+            shared,
+            max_wait: cfg.max_wait,
+            waiting_cap: ((f64::from(concurrency) * cfg.waiting_share).ceil() as usize).max(1),
+            lanes,
+            replicas: AtomicU32::new(1),
+            metrics,
+        };
+        for (v, lane) in &t.lanes {
+            t.metrics.set_vendor_rate(*v, t.rate_per_second(lane));
+        }
+        t
+    }
+
+    /// Whether any vendor has a rate limit (the worker then tells a store-less
+    /// replica how many replicas share it).
+    pub fn has_rates(&self) -> bool {
+        self.lanes.values().any(|l| l.cfg.rate.is_limited())
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Without a shared store: the replicas the rates are split among (the
+    /// consumers on the jobs queue). Returns whether it changed.
+    pub fn set_replicas(&self, n: u32) -> bool {
+        let n = n.max(1);
+        let changed = self.replicas.swap(n, Ordering::Relaxed) != n;
+        if changed {
+            for (v, lane) in &self.lanes {
+                self.metrics.set_vendor_rate(*v, self.rate_per_second(lane));
+            }
+        }
+        changed
+    }
+
+    fn rate_per_second(&self, lane: &Lane) -> f64 {
+        let r = lane.cfg.rate.per_second();
+        if self.shared {
+            r
+        } else {
+            r / f64::from(self.replicas.load(Ordering::Relaxed))
+        }
+    }
+
+    /// This replica's rate spec for a lane: the fleet's with a shared store,
+    /// its share without; a lane with no rate still honours a 429's block.
+    fn spec(&self, lane: &Lane) -> RateSpec {
+        match lane.cfg.rate.interval() {
+            Some(interval) => RateSpec {
+                interval: if self.shared {
+                    interval
+                } else {
+                    interval * self.replicas.load(Ordering::Relaxed)
+                },
+                burst: lane.cfg.burst,
+            },
+            None => RateSpec {
+                interval: Duration::ZERO,
+                burst: 1,
+            },
+        }
+    }
+
+    /// Parks a job before its image is fetched when its vendor's budget is
+    /// known to be spent in the current windows (from this replica's last
+    /// spend: counts only grow, so nothing needs asking).
+    pub fn early_park(&self, vendor: ProviderName) -> Option<Failed> {
+        let lane = self.lanes.get(&vendor)?;
+        if !lane.cfg.has_budget() {
+            return None;
+        }
+        let seen = lane.seen.lock().expect("traffic state");
+        let now = Windows::now();
+        let same = seen
+            .windows
+            .as_ref()
+            .is_some_and(|w| w.day == now.day && w.month == now.month);
+        (same && seen.exhausted).then(|| {
+            self.metrics.vendor_throttled(vendor, "budget");
+            Failed::Park {
+                vendor,
+                reason: budget_reason(vendor, &lane.cfg, seen.spent, &now),
+            }
+        })
+    }
+
+    /// Waits for a concurrency slot and a rate token, then takes one unit of
+    /// the budget: the vendor may be called. A job that would wait too long,
+    /// or finds the budget spent, gets [`Failed::Park`].
+    pub async fn admit(
+        &self,
+        vendor: ProviderName,
+        deadline: Instant,
+        stop: &CancellationToken,
+    ) -> Result<Admitted<'_>, Failed> {
+        let Some(lane) = self.lanes.get(&vendor).filter(|l| l.cfg.limited()) else {
+            return Ok(Admitted { slot: None });
+        };
+        let started = Instant::now();
+        let waiting = lane.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        let _waiting = Leave(&lane.waiting);
+        // Beyond its share of the worker's slots, a vendor's job goes only if
+        // it need not wait at all.
+        let over_share = waiting > self.waiting_cap;
+        let allowance = if over_share {
+            Duration::ZERO
+        } else {
+            self.max_wait
+                .min(deadline.saturating_duration_since(started) / 2)
+        };
+        let until = started + allowance;
+        let park = |reason: &'static str, why: String| {
+            self.metrics.vendor_throttled(vendor, reason);
+            Failed::Park {
+                vendor,
+                reason: why,
+            }
+        };
+
+        let slot = match &lane.aimd {
+            None => None,
+            Some(a) => {
+                let got = if over_share {
+                    a.try_acquire().ok_or(NoSlot::TimedOut)
+                } else {
+                    a.acquire(until, stop).await
+                };
+                match got {
+                    Ok(s) => Some(s),
+                    Err(NoSlot::Stopped) => return Err(Failed::Abandoned),
+                    Err(NoSlot::TimedOut) => {
+                        let (reason, what) = if over_share {
+                            ("waiting_share", self.share_text(vendor))
+                        } else {
+                            (
+                                "concurrency",
+                                format!(
+                                    "all {} of its adaptive concurrency slots stayed busy for {allowance:?}",
+                                    a.limit().floor()
+                                ),
+                            )
+                        };
+                        return Err(park(reason, throttled_reason(vendor, &what)));
+                    }
+                }
+            }
+        };
+
+        let left = until.saturating_duration_since(Instant::now());
+        let reservation = self
+            .store
+            .reserve(vendor, self.spec(lane), left)
+            .await
+            .map_err(|e| unavailable(vendor, &e))?;
+        match reservation {
+            Reservation::Granted { wait } if wait.is_zero() => {}
+            Reservation::Granted { wait } => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    // The token is lost: nothing was paid.
+                    _ = stop.cancelled() => return Err(Failed::Abandoned),
+                }
+            }
+            Reservation::Refused { wait } => {
+                let (reason, what) = if over_share {
+                    ("waiting_share", self.share_text(vendor))
+                } else {
+                    (
+                        "rate",
+                        format!(
+                            "its next request slot (rate {}/s for this replica, or the Retry-After of a 429) is {wait:.1?} away",
+                            self.rate_per_second(lane)
+                        ),
+                    )
+                };
+                return Err(park(reason, throttled_reason(vendor, &what)));
+            }
+        }
+        if stop.is_cancelled() {
+            return Err(Failed::Abandoned);
+        }
+
+        if lane.cfg.has_budget() {
+            self.spend(vendor, lane).await?;
+        }
+        let waited = started.elapsed();
+        self.metrics.vendor_wait(vendor, waited);
+        Ok(Admitted { slot })
+    }
+
+    fn share_text(&self, vendor: ProviderName) -> String {
+        format!(
+            "{} of this replica's jobs already wait for {vendor} (traffic.waiting_share of worker.concurrency), so the others' slots stay free",
+            self.waiting_cap
+        )
+    }
+
+    async fn spend(&self, vendor: ProviderName, lane: &Lane) -> Result<(), Failed> {
+        let windows = Windows::now();
+        let spend = self
+            .store
+            .spend(
+                vendor,
+                &windows,
+                lane.cfg.daily_budget,
+                lane.cfg.monthly_budget,
+            )
+            .await
+            .map_err(|e| unavailable(vendor, &e))?;
+        let (spent, exhausted) = match spend {
+            Spend::Taken(s) => (s, false),
+            Spend::Exhausted(s) => (s, true),
+        };
+        let c = &lane.cfg;
+        self.metrics
+            .set_budget(vendor, "day", spent.day, c.daily_budget);
+        self.metrics
+            .set_budget(vendor, "month", spent.month, c.monthly_budget);
+        let over = |used: u64, cap: u64| cap > 0 && used as f64 >= c.budget_warning * cap as f64;
+        let warning = over(spent.day, c.daily_budget) || over(spent.month, c.monthly_budget);
+        self.metrics.set_budget_flags(vendor, warning, exhausted);
+        let reason = budget_reason(vendor, c, spent, &windows);
+        {
+            let mut seen = lane.seen.lock().expect("traffic state");
+            let was_exhausted = seen.exhausted
+                && seen
+                    .windows
+                    .as_ref()
+                    .is_some_and(|w| w.day == windows.day && w.month == windows.month);
+            if warning && seen.warned.as_deref() != Some(windows.day.as_str()) {
+                seen.warned = Some(windows.day.clone());
+                tracing::warn!(vendor = %vendor, day = spent.day, daily_budget = c.daily_budget, month = spent.month, monthly_budget = c.monthly_budget,
+                    "Vendor spend budget passed its warning threshold (traffic.{vendor}.budget_warning)");
+            }
+            if exhausted && !was_exhausted {
+                tracing::error!(vendor = %vendor, "{reason}");
+            }
+            seen.windows = Some(windows);
+            seen.spent = spent;
+            seen.exhausted = exhausted;
+        }
+        if exhausted {
+            self.metrics.vendor_throttled(vendor, "budget");
+            return Err(Failed::Park { vendor, reason });
+        }
+        Ok(())
+    }
+
+    /// What the call taught the limiters: adaptive concurrency learns from
+    /// it, and a 429 holds the vendor back for the whole fleet.
+    pub async fn finish(
+        &self,
+        vendor: ProviderName,
+        admitted: Admitted<'_>,
+        answer: Result<(), &VendorError>,
+        took: Duration,
+    ) {
+        let Some(lane) = self.lanes.get(&vendor).filter(|l| l.cfg.limited()) else {
+            return;
+        };
+        let rate_limited = answer.is_err_and(|e| e.http_status == Some(429));
+        let signal = match answer {
+            Ok(()) => Signal::Answered(took),
+            Err(_) if rate_limited => Signal::RateLimited,
+            Err(e) if e.is_outage() => Signal::Timeout,
+            // A complaint about the request, a credentials refusal, the
+            // vendor's own "failed to process": an answer all the same.
+            Err(e) if !e.kind.is_retryable() => Signal::Answered(took),
+            Err(_) => Signal::Neutral,
+        };
+        if let (Some(slot), Some(aimd)) = (admitted.slot, &lane.aimd) {
+            if let Some(d) = slot.release(signal) {
+                self.metrics.limit_decreased(vendor, d.as_str());
+                tracing::info!(vendor = %vendor, reason = d.as_str(), limit = aimd.limit().floor(), "Vendor concurrency limit lowered");
+            }
+            let (latency, baseline) = aimd.latency();
+            self.metrics
+                .set_concurrency(vendor, aimd.limit(), latency, baseline);
+        }
+        if rate_limited {
+            let wait = answer
+                .err()
+                .and_then(VendorError::retry_after)
+                .unwrap_or(DEFAULT_BLOCK)
+                .max(Duration::from_millis(1));
+            match self.store.block(vendor, wait).await {
+                Ok(held) => {
+                    self.metrics.vendor_blocked(vendor);
+                    lane.seen.lock().expect("traffic state").blocked_until =
+                        Some(SystemTime::now() + held);
+                    tracing::info!(vendor = %vendor, held_ms = held.as_millis() as u64, fleet = self.shared,
+                        "Vendor answered 429: holding its requests back until its Retry-After");
+                }
+                Err(e) => {
+                    tracing::warn!(vendor = %vendor, error = %e, "Could not record the vendor's 429 in the coordination store");
+                }
+            }
+        }
+    }
+
+    /// Fills each vendor's `limit` and `budget` for the fleet heartbeat.
+    pub fn describe(&self, states: &mut [VendorState]) {
+        for st in states {
+            let Some((vendor, lane)) = self.lanes.iter().find(|(v, _)| v.as_str() == st.vendor)
+            else {
+                continue;
+            };
+            if !lane.cfg.limited() {
+                continue;
+            }
+            let seen = lane.seen.lock().expect("traffic state");
+            let blocked_ms = seen
+                .blocked_until
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .map(|d| d.as_millis() as u64);
+            st.limit = Some(serde_json::json!({
+                "rate_per_s": lane.cfg.rate.is_limited().then(|| lane.cfg.rate.per_second()),
+                "replica_rate_per_s": lane.cfg.rate.is_limited().then(|| self.rate_per_second(lane)),
+                "shared": self.shared,
+                "concurrency_limit": lane.aimd.as_ref().map(|a| a.limit().floor() as u64),
+                "latency_ms": lane.aimd.as_ref().and_then(|a| a.latency().0).map(|s| (s * 1000.0).round()),
+                "waiting": lane.waiting.load(Ordering::Relaxed),
+                "blocked_for_ms": blocked_ms,
+                "vendor": vendor.as_str(),
+            }));
+            if lane.cfg.has_budget() {
+                let w = seen.windows.clone().unwrap_or_else(Windows::now);
+                st.budget = Some(serde_json::json!({
+                    "day": w.day,
+                    "day_used": seen.spent.day,
+                    "daily_budget": lane.cfg.daily_budget,
+                    "month": w.month,
+                    "month_used": seen.spent.month,
+                    "monthly_budget": lane.cfg.monthly_budget,
+                    "exhausted": seen.exhausted,
+                }));
+            }
+        }
+    }
+}
+
+/// Leaves the waiting count when dropped.
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn throttled_reason(vendor: ProviderName, what: &str) -> String {
+    format!(
+        "{vendor} is at its traffic limit: {what}; the job waits on the ladder without a vendor call and without spending its retry budget"
+    )
+}
+
+fn budget_reason(vendor: ProviderName, c: &VendorTraffic, spent: Spent, w: &Windows) -> String {
+    let human =
+        |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    if c.daily_budget > 0 && spent.day >= c.daily_budget {
+        format!(
+            "{vendor}'s daily spend budget is spent ({} of traffic.{vendor}.daily_budget = {} submissions on {} UTC); \
+             its jobs wait on the ladder, without a dead letter or spending their retry budget, until the day turns (in {}) \
+             or the budget is raised (change it and restart the replicas)",
+            spent.day,
+            c.daily_budget,
+            w.day,
+            human(w.day_left)
+        )
+    } else {
+        format!(
+            "{vendor}'s monthly spend budget is spent ({} of traffic.{vendor}.monthly_budget = {} submissions in {} UTC); \
+             its jobs wait on the ladder, without a dead letter or spending their retry budget, until the month turns (in {}) \
+             or the budget is raised (change it and restart the replicas)",
+            spent.month,
+            c.monthly_budget,
+            w.month,
+            human(w.month_left)
+        )
+    }
+}
+
+fn unavailable(vendor: ProviderName, e: &Unavailable) -> Failed {
+    Failed::Transient(crate::domain::dead_letter::Failure {
+        provider: Some(vendor),
+        ..crate::domain::dead_letter::Failure::new(
+            crate::domain::dead_letter::FailureClass::RetriesExhausted,
+            format!(
+                "the coordination store could not be asked for {vendor}'s rate limit or budget ({e}); \
+                 the job waits rather than exceed them"
+            ),
+        )
+    })
+}
+
+/// The traffic store of a replica without a coordination store: the same
+/// GCRA in process (on tokio's clock), blocks and budget counts of this
+/// replica only.
+#[derive(Default)]
+pub struct LocalTraffic {
+    state: Mutex<HashMap<ProviderName, LocalLane>>,
+}
+
+#[derive(Default)]
+struct LocalLane {
+    /// Milliseconds since `base`.
+    tat: f64,
+    blocked_until: f64,
+    base: Option<Instant>,
+    budget: HashMap<String, u64>,
+}
+
+impl LocalLane {
+    fn now_ms(&mut self) -> f64 {
+        let base = *self.base.get_or_insert_with(Instant::now);
+        base.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+#[async_trait]
+impl TrafficStore for LocalTraffic {
+    async fn reserve(
+        &self,
+        vendor: ProviderName,
+        rate: RateSpec,
+        max_wait: Duration,
+    ) -> Result<Reservation, Unavailable> {
+        let mut s = self.state.lock().expect("local traffic");
+        let l = s.entry(vendor).or_default();
+        let now = l.now_ms();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (granted, wait, tat) = gcra(
+            now,
+            l.tat,
+            l.blocked_until,
+            ms(rate.interval),
+            ms(rate.tolerance()),
+            ms(max_wait),
+        );
+        let wait = Duration::from_secs_f64(wait.max(0.0) / 1000.0);
+        Ok(if granted {
+            l.tat = tat;
+            Reservation::Granted { wait }
+        } else {
+            Reservation::Refused { wait }
+        })
+    }
+
+    async fn block(&self, vendor: ProviderName, wait: Duration) -> Result<Duration, Unavailable> {
+        let mut s = self.state.lock().expect("local traffic");
+        let l = s.entry(vendor).or_default();
+        let now = l.now_ms();
+        l.blocked_until = l.blocked_until.max(now + wait.as_secs_f64() * 1000.0);
+        Ok(Duration::from_secs_f64((l.blocked_until - now) / 1000.0))
+    }
+
+    async fn spend(
+        &self,
+        vendor: ProviderName,
+        w: &Windows,
+        day_cap: u64,
+        month_cap: u64,
+    ) -> Result<Spend, Unavailable> {
+        let mut s = self.state.lock().expect("local traffic");
+        let l = s.entry(vendor).or_default();
+        let day = l.budget.get(&w.day).copied().unwrap_or(0);
+        let month = l.budget.get(&w.month).copied().unwrap_or(0);
+        if (day_cap > 0 && day >= day_cap) || (month_cap > 0 && month >= month_cap) {
+            return Ok(Spend::Exhausted(Spent { day, month }));
+        }
+        l.budget.insert(w.day.clone(), day + 1);
+        l.budget.insert(w.month.clone(), month + 1);
+        Ok(Spend::Taken(Spent {
+            day: day + 1,
+            month: month + 1,
+        }))
+    }
+
+    async fn spent(&self, vendor: ProviderName, w: &Windows) -> Result<Spent, Unavailable> {
+        let s = self.state.lock().expect("local traffic");
+        let l = s.get(&vendor);
+        let get = |k: &str| l.and_then(|l| l.budget.get(k).copied()).unwrap_or(0);
+        Ok(Spent {
+            day: get(&w.day),
+            month: get(&w.month),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn traffic(toml: &str, concurrency: u32) -> Traffic {
+        let cfg = Config::from_toml(toml).unwrap();
+        Traffic::new(
+            &cfg.traffic,
+            concurrency,
+            [ProviderName::Argos, ProviderName::Didit],
+            None,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_spaces_calls_and_its_share_divides_it() {
+        let t = traffic("[traffic.argos]\nrate = \"10/s\"", 32);
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let start = Instant::now();
+        for _ in 0..5 {
+            let a = t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+            t.finish(ProviderName::Argos, a, Ok(()), Duration::from_millis(1))
+                .await;
+        }
+        // The first at once, then one every 100 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(400));
+        // Didit has no limit.
+        let before = Instant::now();
+        for _ in 0..5 {
+            t.admit(ProviderName::Didit, deadline, &stop).await.unwrap();
+        }
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        // Four replicas share it: 2.5/s each.
+        t.set_replicas(4);
+        let before = Instant::now();
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        assert_eq!(before.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_too_far_away_parks_without_waiting() {
+        let t = traffic(
+            "[traffic]\nmax_wait = \"500ms\"\n[traffic.argos]\nrate = \"1/s\"",
+            32,
+        );
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        let before = Instant::now();
+        let Err(Failed::Park { reason, .. }) = t.admit(ProviderName::Argos, deadline, &stop).await
+        else {
+            panic!("expected to park")
+        };
+        assert!(reason.contains("traffic limit"), "{reason}");
+        assert_eq!(before.elapsed(), Duration::ZERO, "refused at once");
+        assert!(
+            t.metrics
+                .encode()
+                .contains(r#"liveness_vendor_throttled_total{vendor="argos",reason="rate"} 1"#)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_holds_the_vendor_back() {
+        let t = traffic("[traffic.argos]\nrate = \"100/s\"", 32);
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let a = t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        let e = VendorError::transient("slow down", Some(Duration::from_secs(3))).with_status(429);
+        t.finish(ProviderName::Argos, a, Err(&e), Duration::from_millis(5))
+            .await;
+        let before = Instant::now();
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        assert_eq!(before.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_budget_parks_and_is_remembered() {
+        let cfg = Config::from_toml(
+            "[coordination]\nredis_url = \"redis://x\"\n[traffic.argos]\ndaily_budget = 2",
+        )
+        .unwrap();
+        let t = Traffic::new(
+            &cfg.traffic,
+            32,
+            [ProviderName::Argos],
+            Some(Arc::new(LocalTraffic::default())),
+            Arc::new(Metrics::new()),
+        );
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert!(t.early_park(ProviderName::Argos).is_none());
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        let Err(Failed::Park { reason, .. }) = t.admit(ProviderName::Argos, deadline, &stop).await
+        else {
+            panic!("expected to park")
+        };
+        assert!(
+            reason.contains("daily spend budget is spent (2 of"),
+            "{reason}"
+        );
+        assert!(t.early_park(ProviderName::Argos).is_some());
+        let m = t.metrics.encode();
+        assert!(
+            m.contains(r#"liveness_vendor_budget_remaining{vendor="argos",window="day"} 0"#),
+            "{m}"
+        );
+        assert!(
+            m.contains(r#"liveness_vendor_budget_exhausted{vendor="argos"} 1"#),
+            "{m}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_the_waiting_share_a_job_parks_instead_of_waiting() {
+        // 4 slots, half of them for jobs waiting on one vendor.
+        let t = Arc::new(traffic(
+            "[traffic]\nwaiting_share = 0.5\n[traffic.argos]\nconcurrency_max = 1\nconcurrency_initial = 1",
+            4,
+        ));
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        // Two more wait for the one slot (the share is 2)...
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (t, stop) = (t.clone(), stop.clone());
+                tokio::spawn(async move {
+                    t.admit(ProviderName::Argos, deadline, &stop)
+                        .await
+                        .map(drop)
+                        .is_ok()
+                })
+            })
+            .collect();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // ...and the next one parks at once.
+        let Err(Failed::Park { reason, .. }) = t.admit(ProviderName::Argos, deadline, &stop).await
+        else {
+            panic!("expected to park")
+        };
+        assert!(reason.contains("traffic.waiting_share"), "{reason}");
+        t.finish(ProviderName::Argos, first, Ok(()), Duration::from_millis(5))
+            .await;
+        for w in waiters {
+            assert!(w.await.unwrap());
+        }
+    }
+}
