@@ -118,12 +118,13 @@ impl Selection {
     }
 }
 
-/// Takes the dead-letter queue for a view or an operation, or says who has it.
-async fn take_queue(app: &App) -> Result<tokio::sync::MutexGuard<'_, ()>, Response> {
-    app.dead_queue.try_lock().map_err(|_| {
+/// Takes the dead-letter queue for a view or an operation (until the guard
+/// drops), or says that a replay or purge has it.
+async fn take_queue(app: &App) -> Result<tokio::sync::OwnedMutexGuard<()>, Response> {
+    app.dead_queue.clone().try_lock_owned().map_err(|_| {
         refuse(
             StatusCode::CONFLICT,
-            "a replay or purge started from this console is running on the dead-letter queue; try again when it ends",
+            "a replay, purge or view from this console is using the dead-letter queue; try again when it ends",
         )
     })
 }
@@ -563,10 +564,16 @@ pub async fn replay(State(app): State<Arc<App>>, body: Bytes) -> Response {
         rate,
         quiet: true,
     };
+    // Taken here, so a second operation is refused at once; held by the
+    // task, so it is kept until the operation ends even if the tab closes.
+    let queue = match take_queue(&app).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     let task = {
         let app = app.clone();
         tokio::spawn(async move {
-            let _queue = app.dead_queue.lock().await;
+            let _queue = queue;
             tracing::info!(selection = ?o.filter, "Replay started from the console");
             let r = replay::replay(&app.cfg, &o, app.stop.clone()).await;
             tracing::info!(report = ?r, "Replay from the console ended");
@@ -643,10 +650,16 @@ pub async fn purge(State(app): State<Arc<App>>, body: Bytes) -> Response {
         dry_run: false,
         quiet: true,
     };
+    // Taken here, so a second operation is refused at once; held by the
+    // task, so it is kept until the operation ends even if the tab closes.
+    let queue = match take_queue(&app).await {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     let task = {
         let app = app.clone();
         tokio::spawn(async move {
-            let _queue = app.dead_queue.lock().await;
+            let _queue = queue;
             tracing::info!(selection = ?o.filter, "Purge started from the console");
             let r = purge::purge(&app.cfg, &o, app.stop.clone()).await;
             tracing::info!(report = ?r, "Purge from the console ended");

@@ -48,7 +48,7 @@ pub struct App {
     pub stop: Arc<AtomicBool>,
     /// Held by whatever reads or changes the dead-letter queue, so that a
     /// view's scan never holds messages a replay or purge wants.
-    pub dead_queue: tokio::sync::Mutex<()>,
+    pub dead_queue: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The pages and their guard (authentication, cross-site checks, headers).
@@ -86,7 +86,7 @@ pub async fn run(mut cfg: Config, args: ConsoleArgs) -> anyhow::Result<()> {
         views: view::Views::new()?,
         samples: overview::Samples::default(),
         stop: Arc::new(AtomicBool::new(false)),
-        dead_queue: tokio::sync::Mutex::new(()),
+        dead_queue: Arc::new(tokio::sync::Mutex::new(())),
         cfg,
     });
     let shutdown = CancellationToken::new();

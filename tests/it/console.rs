@@ -440,6 +440,11 @@ async fn interrupted_replay_and_purge_lose_nothing() {
         t.depth(&jobs).await >= 10
     })
     .await;
+    // One operation on the queue at a time: a second is refused at once.
+    let (status, why) = post(&format!("{}/dead-letters/replay", c.url), &pairs).await;
+    assert_eq!(status, 409, "{why}");
+    let (status, _) = get(&format!("{}/dead-letters", c.url)).await;
+    assert_eq!(status, 409);
     let (code, log) = c.interrupt().await;
     assert_eq!(code, Some(0), "{log}");
     let (status, page) = request.await.unwrap();
