@@ -401,6 +401,7 @@ pub struct FleetCounters {
     pub dead_letters: std::collections::BTreeMap<String, u64>,
     pub received: u64,
     pub parked: std::collections::BTreeMap<u32, u64>,
+    pub awaiting_callback: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -627,6 +628,11 @@ impl Metrics {
     /// A delivery taken from the jobs queue.
     pub fn received(&self) {
         self.fleet.lock().expect("fleet counters").received += 1;
+    }
+
+    /// A job sent to wait for its vendor's callback (its publish confirmed).
+    pub fn awaiting_callback(&self) {
+        self.fleet.lock().expect("fleet counters").awaiting_callback += 1;
     }
 
     /// A job parked on ladder step `step` (its publish confirmed).

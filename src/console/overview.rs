@@ -8,8 +8,9 @@
 //! - rates in and out of a queue from the two: into the jobs queue is what
 //!   the replicas took plus the net change, into a ladder step what they
 //!   parked there, into the results and dead-letter queues what they
-//!   published there; out is in minus the net change. The poison and
-//!   callback-wait queues show their net change only.
+//!   published there, into the callback-wait queue what they sent to wait;
+//!   out is in minus the net change. The poison queue (filled by the broker
+//!   itself) shows its net change only.
 
 use super::App;
 use super::view::Chrome;
@@ -138,6 +139,7 @@ struct Growth {
     dead_letters: BTreeMap<String, u64>,
     received: u64,
     parked: BTreeMap<u32, u64>,
+    awaiting_callback: u64,
 }
 
 fn grew(now: u64, then: u64) -> u64 {
@@ -165,6 +167,7 @@ fn growth(then: &[Heartbeat], now: &[Heartbeat]) -> Growth {
             *g.parked.entry(*k).or_default() += grew(*v, o.parked.get(k).copied().unwrap_or(0));
         }
         g.received += grew(c.received, o.received);
+        g.awaiting_callback += grew(c.awaiting_callback, o.awaiting_callback);
     }
     g
 }
@@ -361,6 +364,7 @@ pub fn overview(app: &App) -> Overview {
                         }),
                     (true, "results") => per_min(g.results.values().sum::<u64>() as f64),
                     (true, "dead") => per_min(g.dead_letters.values().sum::<u64>() as f64),
+                    (true, "waiting") => per_min(g.awaiting_callback as f64),
                     _ => None,
                 };
                 let (in_per_min, out_per_min) = match (went_in, net) {
@@ -414,6 +418,7 @@ mod tests {
                 dead_letters: BTreeMap::new(),
                 received,
                 parked: [(0, received / 10)].into(),
+                awaiting_callback: received / 5,
             },
         }
     }
@@ -427,6 +432,7 @@ mod tests {
         assert_eq!(g.received, 25);
         assert_eq!(g.results["face.live"], 14);
         assert_eq!(g.parked[&0], 2);
+        assert_eq!(g.awaiting_callback, 4 + 1);
     }
 
     #[test]

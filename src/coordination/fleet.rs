@@ -36,6 +36,9 @@ pub struct Counters {
     /// Jobs parked, by ladder step (0 = the first retry queue).
     #[serde(default)]
     pub parked: BTreeMap<u32, u64>,
+    /// Jobs sent to the callback-wait queue (Argos callback mode).
+    #[serde(default)]
+    pub awaiting_callback: u64,
 }
 
 /// One vendor as one replica sees it.

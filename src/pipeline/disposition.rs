@@ -102,12 +102,15 @@ impl Finished {
                 m.job_finished(JobOutcome::RetryLater, None, self.check, self.provider);
                 m.parked(*step);
             }
-            Disposition::AwaitCallback { .. } => m.job_finished(
-                JobOutcome::AwaitingCallback,
-                None,
-                self.check,
-                self.provider,
-            ),
+            Disposition::AwaitCallback { .. } => {
+                m.job_finished(
+                    JobOutcome::AwaitingCallback,
+                    None,
+                    self.check,
+                    self.provider,
+                );
+                m.awaiting_callback();
+            }
             Disposition::Settled { .. } => {
                 m.job_finished(JobOutcome::Settled, None, self.check, None)
             }

@@ -35,6 +35,7 @@ pub async fn beat(
                 dead_letters: totals.dead_letters,
                 received: totals.received,
                 parked: totals.parked,
+                awaiting_callback: totals.awaiting_callback,
             },
         };
         match store.heartbeat(&hb, interval * 3).await {
