@@ -535,6 +535,30 @@ struct Done {
     failed: bool,
 }
 
+/// Runs a replay or purge in a task of its own with the dead-letter queue:
+/// taken here, so a second operation is refused at once; held by the task,
+/// so it is kept until the operation ends even if the tab closes.
+async fn own_task<R, F, Fut>(app: &Arc<App>, what: &'static str, op: F) -> Result<R, Response>
+where
+    R: std::fmt::Debug + Send + 'static,
+    F: FnOnce(Arc<App>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<R>> + Send + 'static,
+{
+    let queue = take_queue(app).await?;
+    let app = app.clone();
+    let task = tokio::spawn(async move {
+        let _queue = queue;
+        let r = op(app).await;
+        tracing::info!(report = ?r, "The {what} from the console ended");
+        r
+    });
+    match task.await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(e) => Err(failed(anyhow::anyhow!("the {what} task failed: {e}"))),
+    }
+}
+
 /// A form's rate field: republishes (or removals) per second, 0 for none.
 fn rate(p: &Params) -> Result<f64, Refused> {
     match p.get("rate").map(str::parse::<f64>) {
@@ -564,26 +588,14 @@ pub async fn replay(State(app): State<Arc<App>>, body: Bytes) -> Response {
         rate,
         quiet: true,
     };
-    // Taken here, so a second operation is refused at once; held by the
-    // task, so it is kept until the operation ends even if the tab closes.
-    let queue = match take_queue(&app).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let task = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let _queue = queue;
-            tracing::info!(selection = ?o.filter, "Replay started from the console");
-            let r = replay::replay(&app.cfg, &o, app.stop.clone()).await;
-            tracing::info!(report = ?r, "Replay from the console ended");
-            r
-        })
-    };
-    let r = match task.await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return failed(e),
-        Err(e) => return failed(anyhow::anyhow!("the replay task failed: {e}")),
+    let r = match own_task(&app, "replay", move |app| async move {
+        tracing::info!(selection = ?o.filter, "Replay started from the console");
+        replay::replay(&app.cfg, &o, app.stop.clone()).await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let data = Done {
         action: "replay",
@@ -650,26 +662,14 @@ pub async fn purge(State(app): State<Arc<App>>, body: Bytes) -> Response {
         dry_run: false,
         quiet: true,
     };
-    // Taken here, so a second operation is refused at once; held by the
-    // task, so it is kept until the operation ends even if the tab closes.
-    let queue = match take_queue(&app).await {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    let task = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let _queue = queue;
-            tracing::info!(selection = ?o.filter, "Purge started from the console");
-            let r = purge::purge(&app.cfg, &o, app.stop.clone()).await;
-            tracing::info!(report = ?r, "Purge from the console ended");
-            r
-        })
-    };
-    let r = match task.await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return failed(e),
-        Err(e) => return failed(anyhow::anyhow!("the purge task failed: {e}")),
+    let r = match own_task(&app, "purge", move |app| async move {
+        tracing::info!(selection = ?o.filter, "Purge started from the console");
+        purge::purge(&app.cfg, &o, app.stop.clone()).await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let data = Done {
         action: "purge",

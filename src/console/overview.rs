@@ -16,8 +16,9 @@ use super::App;
 use super::view::Chrome;
 use super::web::page as render_page;
 use crate::broker::{self, Names};
+use crate::coordination::Coordination;
 use crate::coordination::Heartbeat;
-use crate::ops::status::{Fleet, QueueStatus, fleet, queues};
+use crate::ops::status::{Fleet, QueueStatus, fleet, fleet_of, queues};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -64,6 +65,12 @@ impl Samples {
 /// Reads the queues and the fleet every `console.refresh` until `stop`.
 pub async fn sample(app: Arc<App>, stop: CancellationToken) {
     let mut conn: Option<lapin::Connection> = None;
+    // One Redis client for every reading (it reconnects by itself).
+    let coordination = app
+        .cfg
+        .coordination
+        .enabled()
+        .then(|| Coordination::connect(&app.cfg.coordination, &app.cfg.broker.prefix));
     loop {
         let queues = async {
             if conn.as_ref().is_none_or(|c| !c.status().connected()) {
@@ -80,7 +87,12 @@ pub async fn sample(app: Arc<App>, stop: CancellationToken) {
             at: Instant::now(),
             when: crate::ops::now_rfc3339(),
             queues,
-            fleet: fleet(&app.cfg).await,
+            fleet: match &coordination {
+                None => None,
+                Some(Ok(c)) => Some(fleet_of(c).await),
+                // An unusable URL: said on the page as `status` says it.
+                Some(Err(_)) => fleet(&app.cfg).await,
+            },
         });
         tokio::select! {
             _ = stop.cancelled() => return,

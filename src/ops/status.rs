@@ -160,11 +160,21 @@ pub async fn fleet(cfg: &Config) -> Option<Fleet> {
     if !cfg.coordination.enabled() {
         return None;
     }
-    let read = async {
-        let c = Coordination::connect(&cfg.coordination, &cfg.broker.prefix)?;
-        Ok::<_, anyhow::Error>(c.heartbeats().await?)
-    };
-    Some(match read.await {
+    Some(
+        match Coordination::connect(&cfg.coordination, &cfg.broker.prefix) {
+            Ok(c) => fleet_of(&c).await,
+            Err(e) => Fleet {
+                replicas: Vec::new(),
+                error: Some(format!("{e:#}")),
+            },
+        },
+    )
+}
+
+/// The replicas' heartbeats through a client the caller keeps (the
+/// console's sampler reads them every few seconds).
+pub async fn fleet_of(c: &Coordination) -> Fleet {
+    match c.heartbeats().await {
         Ok(replicas) => Fleet {
             replicas,
             error: None,
@@ -173,7 +183,7 @@ pub async fn fleet(cfg: &Config) -> Option<Fleet> {
             replicas: Vec::new(),
             error: Some(format!("{e:#}")),
         },
-    })
+    }
 }
 
 /// Counts one dead letter (or an unreadable message) into `c`.

@@ -104,6 +104,24 @@ async fn post(url: &str, pairs: &[(&str, &str)]) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// `post`, in a task of its own (the test interrupts the console meanwhile).
+fn post_in_background(
+    url: String,
+    pairs: &[(&str, &str)],
+) -> tokio::task::JoinHandle<(u16, String)> {
+    let owned: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::spawn(async move {
+        let pairs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        post(&url, &pairs).await
+    })
+}
+
 fn ids(msgs: &[(lapin::BasicProperties, Vec<u8>)]) -> Vec<String> {
     msgs.iter()
         .map(|(p, _)| p.message_id().as_ref().unwrap().to_string())
@@ -425,17 +443,7 @@ async fn interrupted_replay_and_purge_lose_nothing() {
         ("class", "internal"),
         ("rate", "20"),
     ];
-    let body = form(&pairs);
-    let request = tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    });
+    let request = post_in_background(url, &pairs);
     wait_for("the replay to move some", 60, async || {
         t.depth(&jobs).await >= 10
     })
@@ -471,17 +479,7 @@ async fn interrupted_replay_and_purge_lose_nothing() {
         ("rate", "20"),
         ("batch", "5"),
     ];
-    let body = form(&purge_pairs);
-    let request = tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    });
+    let request = post_in_background(url, &purge_pairs);
     wait_for("the purge to archive a batch", 60, async || {
         !archived(&t).await.is_empty()
     })
