@@ -194,10 +194,10 @@ if not problems:
 asyncapi = yaml.safe_load((ROOT / "schemas/asyncapi.yaml").read_text())
 check(str(asyncapi.get("asyncapi", "")).startswith("3."), "asyncapi.yaml: not an AsyncAPI 3 document")
 addresses = {c.get("address") for c in asyncapi.get("channels", {}).values()}
-for key in ["jobs_exchange", "results_exchange", "dead_exchange", "poison_queue"]:
+for key in ["jobs_exchange", "results_exchange", "dead_exchange", "poison_queue", "shadow_exchange"]:
     check(defaults["broker"][key] in addresses, f"asyncapi.yaml: no channel for {key} ({defaults['broker'][key]})")
 refs = re.findall(r"\$ref: '\./([^']+)'", (ROOT / "schemas/asyncapi.yaml").read_text())
-check(len(refs) == 3, "asyncapi.yaml: expected the three message payload schemas")
+check(len(refs) == 4, "asyncapi.yaml: expected the four message payload schemas")
 for ref in refs:
     check((ROOT / "schemas" / ref).is_file(), f"asyncapi.yaml: payload {ref} does not exist")
 for op in asyncapi.get("operations", {}).values():

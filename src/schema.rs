@@ -1,9 +1,10 @@
-//! JSON Schemas of the three messages, generated from the Rust types and
+//! JSON Schemas of the messages (job, result, dead letter, shadow comparison), generated from the Rust types and
 //! committed under `schemas/` (a test fails when they drift).
 
 use crate::domain::dead_letter::DeadLetter;
 use crate::domain::job::JobMessage;
 use crate::domain::result::LivenessResult;
+use crate::domain::shadow::ShadowComparison;
 
 /// (file name, pretty JSON) for each message schema.
 pub fn all() -> Vec<(&'static str, String)> {
@@ -21,6 +22,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         (
             "dead_letter.v1.schema.json",
             render(schemars::schema_for!(DeadLetter)),
+        ),
+        (
+            "shadow.v1.schema.json",
+            render(schemars::schema_for!(ShadowComparison)),
         ),
     ]
 }

@@ -158,14 +158,16 @@ pub enum PublishTarget {
     Dead,
     Retry,
     CallbackWait,
+    Shadow,
 }
 
 impl PublishTarget {
-    pub const ALL: [PublishTarget; 4] = [
+    pub const ALL: [PublishTarget; 5] = [
         PublishTarget::Results,
         PublishTarget::Dead,
         PublishTarget::Retry,
         PublishTarget::CallbackWait,
+        PublishTarget::Shadow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -174,6 +176,7 @@ impl PublishTarget {
             PublishTarget::Dead => "dead",
             PublishTarget::Retry => "retry",
             PublishTarget::CallbackWait => "callback_wait",
+            PublishTarget::Shadow => "shadow",
         }
     }
 }
@@ -268,12 +271,40 @@ struct TrafficMetrics {
     budget_warning: Family<VendorLabels, Gauge>,
     budget_exhausted: Family<VendorLabels, Gauge>,
     failovers: Family<FailoverLabels, Counter>,
+    shadow_comparisons: Family<ShadowLabels, Counter>,
+    shadow_score_difference: Family<ShadowPair, Histogram>,
+    shadow_skipped: Family<ShadowSkip, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailoverLabels {
     primary: &'static str,
     vendor: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowLabels {
+    check: &'static str,
+    primary: &'static str,
+    shadow: &'static str,
+    agreement: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowPair {
+    primary: &'static str,
+    shadow: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShadowSkip {
+    shadow: &'static str,
+    reason: &'static str,
+}
+
+/// Buckets of the absolute score difference (scores are 0-1).
+fn score_difference_histogram() -> Histogram {
+    Histogram::new([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
 }
 
 impl TrafficMetrics {
@@ -292,7 +323,27 @@ impl TrafficMetrics {
             budget_warning: Family::default(),
             budget_exhausted: Family::default(),
             failovers: Family::default(),
+            shadow_comparisons: Family::default(),
+            shadow_score_difference: Family::new_with_constructor(
+                score_difference_histogram as fn() -> Histogram,
+            ),
+            shadow_skipped: Family::default(),
         };
+        registry.register(
+            "shadow_comparisons",
+            "Shadow mode: jobs whose answer was compared with a second vendor's, by check, primary and shadow vendor, and whether the verdicts agree",
+            t.shadow_comparisons.clone(),
+        );
+        registry.register(
+            "shadow_score_difference",
+            "Shadow mode: the absolute difference between the shadow vendor's score and the primary's (0-1), when both have one",
+            t.shadow_score_difference.clone(),
+        );
+        registry.register(
+            "shadow_skipped",
+            "Shadow mode: shadowed jobs with no comparison, by shadow vendor and reason (busy, budget, unavailable, limit, image, memory, failed, shutdown, publish)",
+            t.shadow_skipped.clone(),
+        );
         registry.register(
             "failovers",
             "Jobs sent to another vendor because their check's default one could not be called, by default (primary) and vendor used",
@@ -883,6 +934,43 @@ impl Metrics {
             .get_or_create(&FailoverLabels {
                 primary: primary.as_str(),
                 vendor: vendor.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn shadow_compared(
+        &self,
+        check: Check,
+        primary: ProviderName,
+        shadow: ProviderName,
+        agreement: crate::domain::shadow::Agreement,
+    ) {
+        self.traffic
+            .shadow_comparisons
+            .get_or_create(&ShadowLabels {
+                check: check.as_str(),
+                primary: primary.as_str(),
+                shadow: shadow.as_str(),
+                agreement: agreement.label(),
+            })
+            .inc();
+        if let Some(d) = agreement.score_difference {
+            self.traffic
+                .shadow_score_difference
+                .get_or_create(&ShadowPair {
+                    primary: primary.as_str(),
+                    shadow: shadow.as_str(),
+                })
+                .observe(d.abs());
+        }
+    }
+
+    pub fn shadow_skipped(&self, shadow: ProviderName, reason: &'static str) {
+        self.traffic
+            .shadow_skipped
+            .get_or_create(&ShadowSkip {
+                shadow: shadow.as_str(),
+                reason,
             })
             .inc();
     }

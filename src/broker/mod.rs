@@ -9,7 +9,9 @@ pub mod tls;
 mod topology;
 
 pub use publish::{PublishError, json_props, publish_confirmed};
-pub use topology::{TopologyConflict, declare_callback_wait, declare_topology, jobs_queue_args};
+pub use topology::{
+    TopologyConflict, declare_callback_wait, declare_shadow, declare_topology, jobs_queue_args,
+};
 
 use crate::config::BrokerConfig;
 use anyhow::Context as _;
@@ -27,6 +29,10 @@ pub struct Names {
     pub results_exchange: String,
     /// None: not declared.
     pub results_queue: Option<String>,
+    /// Shadow mode's comparisons.
+    pub shadow_exchange: String,
+    /// None: not declared.
+    pub shadow_queue: Option<String>,
     pub dead_exchange: String,
     pub dead_queue: String,
     pub poison_queue: String,
@@ -44,6 +50,8 @@ impl Names {
             jobs_queue: c.name(&c.jobs_queue),
             results_exchange: c.name(&c.results_exchange),
             results_queue: (!c.results_queue.is_empty()).then(|| c.name(&c.results_queue)),
+            shadow_exchange: c.name(&c.shadow_exchange),
+            shadow_queue: (!c.shadow_queue.is_empty()).then(|| c.name(&c.shadow_queue)),
             dead_exchange: c.name(&c.dead_exchange),
             dead_queue: c.name(&c.dead_queue),
             poison_queue: c.name(&c.poison_queue),

@@ -122,6 +122,48 @@ pub async fn declare_topology(conn: &Connection, c: &BrokerConfig) -> anyhow::Re
     Ok(())
 }
 
+/// Shadow mode's exchange and its queue (declared only in that mode; call
+/// after [`declare_topology`]).
+pub async fn declare_shadow(conn: &Connection, c: &BrokerConfig) -> anyhow::Result<()> {
+    let n = Names::new(c);
+    let ch = conn
+        .create_channel()
+        .await
+        .context("cannot open a RabbitMQ channel")?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        n.shadow_exchange.as_str().into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| declare_error("exchange", &n.shadow_exchange, e))?;
+    if let Some(q) = &n.shadow_queue {
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::durable(),
+            quorum_args(),
+        )
+        .await
+        .map_err(|e| declare_error("queue", q, e))?;
+        ch.queue_bind(
+            q.as_str().into(),
+            n.shadow_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot bind queue {q} to exchange {}", n.shadow_exchange))?;
+    }
+    let _ = ch.close(200, "shadow exchange declared".into()).await;
+    Ok(())
+}
+
 /// A quorum queue whose messages expire after `delay` back into the jobs
 /// exchange: a delay-ladder step, or the callback wait.
 fn delay_queue_args(n: &Names, delay: Duration) -> FieldTable {

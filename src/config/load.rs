@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Toml};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "broker",
     "console",
     "worker",
@@ -19,6 +19,7 @@ const SECTIONS: [&str; 11] = [
     "providers",
     "coordination",
     "traffic",
+    "shadow",
     "callbacks",
     "telemetry",
 ];

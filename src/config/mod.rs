@@ -11,11 +11,13 @@
 mod de;
 mod load;
 mod secret;
+mod shadow;
 mod tls;
 mod traffic;
 
 pub use load::{DEFAULT_TOML, Sources};
 pub use secret::Secret;
+pub use shadow::ShadowConfig;
 pub use tls::BrokerTlsConfig;
 pub use traffic::{Rate, TrafficConfig, VendorTraffic};
 
@@ -39,6 +41,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub coordination: CoordinationConfig,
     pub traffic: TrafficConfig,
+    pub shadow: ShadowConfig,
     pub callbacks: CallbacksConfig,
     pub telemetry: TelemetryConfig,
     pub console: ConsoleConfig,
@@ -77,6 +80,10 @@ pub struct BrokerConfig {
     pub jobs_queue: String,
     pub results_exchange: String,
     pub results_queue: String,
+    /// Topic exchange shadow comparisons are published to (shadow mode).
+    pub shadow_exchange: String,
+    /// Queue bound "#" to it; empty: not declared.
+    pub shadow_queue: String,
     pub dead_exchange: String,
     pub dead_queue: String,
     pub poison_queue: String,
@@ -158,6 +165,7 @@ impl BrokerConfig {
             ("broker.jobs_queue", &self.jobs_queue),
             ("broker.jobs_routing_key", &self.jobs_routing_key),
             ("broker.results_exchange", &self.results_exchange),
+            ("broker.shadow_exchange", &self.shadow_exchange),
             ("broker.dead_exchange", &self.dead_exchange),
             ("broker.dead_queue", &self.dead_queue),
             ("broker.poison_queue", &self.poison_queue),
@@ -803,6 +811,7 @@ impl Config {
         self.providers.validate(&mut p);
         self.coordination.validate(&mut p);
         self.traffic.validate(&mut p);
+        self.shadow.validate(&mut p);
         self.callbacks.validate(&mut p);
         self.console.validate(&mut p);
         // A budget counted per replica would let N replicas spend N times it.
@@ -810,6 +819,20 @@ impl Config {
             !self.traffic.any_budget() || self.coordination.enabled(),
             || "traffic.<vendor>.daily_budget and monthly_budget need coordination.redis_url: a spend budget is counted fleet-wide".into(),
         );
+        p.check(
+            !self.shadow.has_budget() || self.coordination.enabled(),
+            || "shadow.daily_budget and monthly_budget need coordination.redis_url: a spend budget is counted fleet-wide".into(),
+        );
+        for (check, default) in [
+            (Check::Document, self.providers.default_document),
+            (Check::Face, self.providers.default_face),
+        ] {
+            p.check(self.shadow.vendor(check) != Some(default), || {
+                format!(
+                    "shadow.{check} is {default}, the default vendor of {check} checks: a job would be compared with itself; name another vendor"
+                )
+            });
+        }
         p.check(
             self.results.max_record_bytes >= self.worker.max_job_bytes as u64 + 64 * 1024,
             || {

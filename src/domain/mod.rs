@@ -10,6 +10,7 @@ pub mod image;
 pub mod job;
 pub mod result;
 pub mod routing;
+pub mod shadow;
 pub mod text;
 
 use schemars::JsonSchema;

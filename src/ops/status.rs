@@ -121,7 +121,7 @@ async fn budgets(cfg: &Config) -> Vec<BudgetStatus> {
     for v in vendors {
         let c = cfg.traffic.vendor(v);
         let spent = match &store {
-            Ok(store) => store.spent(v, &w).await.map_err(|e| e.to_string()),
+            Ok(store) => store.spent(v.as_str(), &w).await.map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:#}")),
         };
         let (day_used, month_used, error) = match spent {
@@ -226,6 +226,11 @@ pub async fn queues(cfg: &Config, conn: &lapin::Connection) -> anyhow::Result<Ve
             .to_string()
             .replace(' ', "");
         wanted.push(("waiting", n.callback_wait_queue.clone(), Some(wait)));
+    }
+    if cfg.shadow.enabled()
+        && let Some(q) = &n.shadow_queue
+    {
+        wanted.push(("shadow", q.clone(), None));
     }
     let mut queues = Vec::new();
     for (role, name, delay) in wanted {

@@ -1,6 +1,7 @@
 //! What the step decides for a delivery, and the facts about the job that
 //! travel with it (so nothing downstream parses the body again).
 
+use super::shadow::ShadowRun;
 use crate::domain::carried::Carried;
 use crate::domain::dead_letter::DeadLetter;
 use crate::domain::job::JobId;
@@ -65,6 +66,9 @@ pub struct Finished {
     /// Clear this job's pending callback record once the disposition is
     /// published: it has served its purpose.
     pub clear_pending: Option<JobId>,
+    /// Shadow mode: the shadow call to make once this is published and
+    /// acked ([`crate::pipeline::Pipeline::shadow`]).
+    pub shadow: Option<ShadowRun>,
 }
 
 impl Finished {
@@ -74,6 +78,7 @@ impl Finished {
             check,
             provider: None,
             clear_pending: None,
+            shadow: None,
         }
     }
 

@@ -8,6 +8,7 @@ use super::failure::Failed;
 use crate::domain::dead_letter::FailureClass;
 use crate::domain::image::{describe_prefix, sha256_hex, sniff_content_type};
 use crate::domain::job::S3Uri;
+use crate::domain::result::ImageInfo;
 use crate::providers::Image;
 use crate::store::{FetchError, ImageStore};
 use crate::telemetry::{FetchOutcome, Metrics};
@@ -189,5 +190,15 @@ impl Fetcher {
             content_type,
             sha256,
         })
+    }
+}
+
+/// What a result says of a fetched image.
+pub(super) fn image_info(image: &Image) -> ImageInfo {
+    ImageInfo {
+        uri: image.uri.clone(),
+        bytes: image.bytes.len() as u64,
+        sha256: image.sha256.clone(),
+        content_type: image.content_type.into(),
     }
 }

@@ -17,6 +17,8 @@
 //! - [`outcome`]: the results store: lookup before a call, the outcome
 //!   stored before it is published, pending callback records, the audit
 //!   trail.
+//! - [`shadow`]: shadow mode: a share of the jobs also sent to a second
+//!   vendor after their result, the answers compared.
 //! - [`callback`]: Argos callback mode: signed callback URLs, the job back
 //!   from the callback wait, and what a callback settles.
 //! - [`ladder`]: the one rule for the next step of the delay ladder.
@@ -44,6 +46,7 @@ pub mod fetch;
 pub mod gate;
 pub mod ladder;
 pub mod outcome;
+pub mod shadow;
 mod step;
 #[cfg(test)]
 mod tests;
@@ -55,9 +58,10 @@ pub use callback::CallbackSettings;
 pub use context::Signals;
 pub use disposition::{Disposition, Finished};
 pub use failure::now_rfc3339;
+pub use shadow::ShadowRun;
 pub use step::Incoming;
 
-use crate::config::{Config, TrafficConfig};
+use crate::config::{Config, ShadowConfig, TrafficConfig};
 use crate::coordination::{Claims, TrafficStore};
 use crate::domain::ProviderName;
 use crate::domain::routing::Routing;
@@ -103,6 +107,8 @@ pub struct PipelineConfig {
     /// Vendors tried in order while a check's default one cannot be called.
     pub failover_document: Vec<ProviderName>,
     pub failover_face: Vec<ProviderName>,
+    /// Shadow mode: a share of the jobs also sent to a second vendor.
+    pub shadow: ShadowConfig,
 }
 
 impl PipelineConfig {
@@ -131,6 +137,7 @@ impl PipelineConfig {
             concurrency: u32::from(c.worker.concurrency),
             failover_document: c.providers.failover_document.clone(),
             failover_face: c.providers.failover_face.clone(),
+            shadow: c.shadow.clone(),
         }
     }
 
@@ -151,6 +158,7 @@ pub struct Pipeline {
     outcomes: outcome::Outcomes,
     claims: claim::ClaimStage,
     callbacks: Option<CallbackSettings>,
+    shadow: shadow::Shadow,
     metrics: Arc<Metrics>,
 }
 
@@ -208,6 +216,7 @@ impl Pipeline {
                 metrics.clone(),
             ),
             callbacks: None,
+            shadow: shadow::Shadow::new(cfg.shadow.clone()),
             metrics,
             cfg,
         }
@@ -287,6 +296,12 @@ impl Pipeline {
     /// `worker.max_job_bytes`: larger bodies are refused unparsed.
     pub fn max_job_bytes(&self) -> usize {
         self.cfg.max_job_bytes
+    }
+
+    /// Whether any job is shadowed (the worker then declares the shadow
+    /// exchange).
+    pub fn shadows(&self) -> bool {
+        self.cfg.shadow.enabled()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

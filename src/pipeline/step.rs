@@ -16,6 +16,7 @@ use crate::domain::carried::Carried;
 use crate::domain::dead_letter::{Failure, FailureClass};
 use crate::domain::job::{InvalidJob, Job, ParsedJob, parse_job};
 use crate::domain::result::Timings;
+use crate::domain::shadow::PrimaryAnswer;
 use tokio::time::Instant;
 
 /// One delivery as the pipeline sees it, its body parsed once.
@@ -194,6 +195,7 @@ impl Pipeline {
                 vendor_ms,
                 claim,
                 failover,
+                shadow,
             }) => {
                 let mut result = self.result(
                     job,
@@ -217,18 +219,23 @@ impl Pipeline {
                         &d.signals.hurry,
                     )
                     .await;
-                // Another copy stored first: its verdict is the job's.
-                let result = match first {
+                // Another copy stored first: its verdict is the job's (and
+                // that copy makes the shadow call, if any).
+                let (result, shadow) = match first {
                     Some(mut first) => {
                         first.metadata = job.metadata.clone();
-                        first
+                        (first, None)
                     }
-                    None => result,
+                    None => (result, shadow),
                 };
                 // Stored (or given up on): another copy may go on now.
                 drop(claim);
-                Finished::new(Disposition::Publish(Box::new(result)), Some(job.check))
-                    .by(Some(provider))
+                let shadow = shadow.map(|s| s.answering(PrimaryAnswer::of(&result)));
+                let mut finished =
+                    Finished::new(Disposition::Publish(Box::new(result)), Some(job.check))
+                        .by(Some(provider));
+                finished.shadow = shadow;
+                finished
             }
             Err(failed) => {
                 let vendor = failed.vendor();

@@ -313,7 +313,7 @@ impl Traffic {
         let spend = self
             .store
             .spend(
-                vendor,
+                vendor.as_str(),
                 &windows,
                 lane.cfg.daily_budget,
                 lane.cfg.monthly_budget,
@@ -357,6 +357,18 @@ impl Traffic {
             return Err(Failed::Park { vendor, reason });
         }
         Ok(())
+    }
+
+    /// Takes one unit of a budget that is not a vendor's own (shadow mode's)
+    /// from the same store the vendor budgets are counted in.
+    pub async fn spend_named(
+        &self,
+        name: &str,
+        windows: &Windows,
+        day_cap: u64,
+        month_cap: u64,
+    ) -> Result<Spend, Unavailable> {
+        self.store.spend(name, windows, day_cap, month_cap).await
     }
 
     /// What the call taught the limiters: adaptive concurrency learns from
@@ -512,6 +524,8 @@ fn unavailable(vendor: ProviderName, e: &Unavailable) -> Failed {
 #[derive(Default)]
 pub struct LocalTraffic {
     state: Mutex<HashMap<ProviderName, LocalLane>>,
+    /// Counts per budget name, then per window.
+    budgets: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 #[derive(Default)]
@@ -520,7 +534,6 @@ struct LocalLane {
     tat: f64,
     blocked_until: f64,
     base: Option<Instant>,
-    budget: HashMap<String, u64>,
 }
 
 impl LocalLane {
@@ -569,30 +582,30 @@ impl TrafficStore for LocalTraffic {
 
     async fn spend(
         &self,
-        vendor: ProviderName,
+        budget: &str,
         w: &Windows,
         day_cap: u64,
         month_cap: u64,
     ) -> Result<Spend, Unavailable> {
-        let mut s = self.state.lock().expect("local traffic");
-        let l = s.entry(vendor).or_default();
-        let day = l.budget.get(&w.day).copied().unwrap_or(0);
-        let month = l.budget.get(&w.month).copied().unwrap_or(0);
+        let mut s = self.budgets.lock().expect("local traffic");
+        let l = s.entry(budget.to_owned()).or_default();
+        let day = l.get(&w.day).copied().unwrap_or(0);
+        let month = l.get(&w.month).copied().unwrap_or(0);
         if (day_cap > 0 && day >= day_cap) || (month_cap > 0 && month >= month_cap) {
             return Ok(Spend::Exhausted(Spent { day, month }));
         }
-        l.budget.insert(w.day.clone(), day + 1);
-        l.budget.insert(w.month.clone(), month + 1);
+        l.insert(w.day.clone(), day + 1);
+        l.insert(w.month.clone(), month + 1);
         Ok(Spend::Taken(Spent {
             day: day + 1,
             month: month + 1,
         }))
     }
 
-    async fn spent(&self, vendor: ProviderName, w: &Windows) -> Result<Spent, Unavailable> {
-        let s = self.state.lock().expect("local traffic");
-        let l = s.get(&vendor);
-        let get = |k: &str| l.and_then(|l| l.budget.get(k).copied()).unwrap_or(0);
+    async fn spent(&self, budget: &str, w: &Windows) -> Result<Spent, Unavailable> {
+        let s = self.budgets.lock().expect("local traffic");
+        let l = s.get(budget);
+        let get = |k: &str| l.and_then(|l| l.get(k).copied()).unwrap_or(0);
         Ok(Spent {
             day: get(&w.day),
             month: get(&w.month),

@@ -6,13 +6,15 @@ use super::call::{Bounds, Call};
 use super::claim::{Held, NotClaimed};
 use super::context::StepContext;
 use super::failure::{Failed, now_rfc3339};
+use super::fetch::image_info;
+use super::shadow::ShadowRun;
 use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::carried::Carried;
 use crate::domain::dead_letter::{Failure, FailureClass};
 use crate::domain::job::Job;
 use crate::domain::result::{Failover, ImageInfo, LivenessResult, RESULT_SCHEMA, Timings};
 use crate::domain::{Check, ProviderName};
-use crate::providers::{Image, Submission, VendorRequest};
+use crate::providers::{Submission, VendorRequest};
 use crate::store::outcomes::PENDING_SCHEMA;
 use crate::store::{AttemptRecord, PendingSubmission, StoredOutcome};
 use tokio::time::Instant;
@@ -43,6 +45,8 @@ pub(super) enum Verified {
         claim: Option<Held>,
         /// Why `provider` is not the check's default vendor, when it is not.
         failover: Option<Failover>,
+        /// Shadow mode: the images kept for the shadow call.
+        shadow: Option<ShadowRun>,
     },
     /// The results store already had this job's outcome for these images.
     Stored(Box<StoredOutcome>),
@@ -126,8 +130,9 @@ impl Pipeline {
         // only the job_id.
         let claimed = self.claim_and_look_up(job, provider_name, deadline);
         let (fetched, claimed) = tokio::join!(fetch, claimed);
-        // Held until this function returns, with the images.
-        let (image, back, _reserved) = fetched?;
+        // Held until this function returns, with the images (or, for a
+        // shadowed job, until its shadow call).
+        let (image, back, reserved) = fetched?;
         let fetch_ms = fetch_started.elapsed().as_millis() as u64;
         let back_sha256 = back.as_ref().map(|b| b.sha256.clone());
         let claim = match claimed? {
@@ -227,15 +232,20 @@ impl Pipeline {
                 if pending.is_some() {
                     self.outcomes.clear_pending(&job.job_id).await;
                 }
+                let info = image_info(&image);
+                let shadow = self
+                    .shadow_vendor(job, provider_name)
+                    .map(|v| self.keep_for_shadow(v, job, image, back, reserved));
                 Ok(Verified::Fresh {
                     assessment,
                     provider: provider_name,
-                    image: image_info(&image),
+                    image: info,
                     back_sha256,
                     fetch_ms,
                     vendor_ms,
                     claim,
                     failover,
+                    shadow,
                 })
             }
             (Submission::Accepted(vendor), Some((_, mut pending))) => {
@@ -359,14 +369,5 @@ impl Pipeline {
             completed_at: now_rfc3339(),
             failover: None,
         }
-    }
-}
-
-pub(super) fn image_info(image: &Image) -> ImageInfo {
-    ImageInfo {
-        uri: image.uri.clone(),
-        bytes: image.bytes.len() as u64,
-        sha256: image.sha256.clone(),
-        content_type: image.content_type.into(),
     }
 }

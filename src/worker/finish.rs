@@ -7,12 +7,13 @@
 use super::publisher::{Outgoing, Publisher};
 use crate::broker::headers::StateKey;
 use crate::broker::{Names, PublishError, headers, json_props};
-use crate::pipeline::{Disposition, Finished, Pipeline};
+use crate::pipeline::{Disposition, Finished, Pipeline, ShadowRun};
 use crate::telemetry::PublishTarget;
 use lapin::Acker;
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 pub struct Finisher {
     names: Arc<Names>,
@@ -91,6 +92,35 @@ impl Finisher {
             self.pipeline.outcomes().clear_pending(job_id).await;
         }
         Ok(())
+    }
+}
+
+impl Finisher {
+    /// Shadow mode: makes a published job's shadow call and publishes the
+    /// comparison (once, within `broker.publish_timeout`; a comparison that
+    /// cannot be published is dropped and counted: the job is done).
+    pub async fn shadow(&self, run: ShadowRun, stop: &CancellationToken) {
+        let Some(c) = self.pipeline.shadow(run, stop).await else {
+            return;
+        };
+        let out = Outgoing {
+            target: PublishTarget::Shadow,
+            exchange: self.names.shadow_exchange.clone(),
+            routing_key: c.routing_key(),
+            payload: serde_json::to_vec(&c).expect("shadow comparison serializes"),
+            props: json_props(Some(c.job_id.as_str()), None),
+        };
+        match self.publisher.publish(&out).await {
+            Ok(()) => {
+                tracing::info!(shadow = %c.shadow.provider, agreement = c.agreement.label(), "Shadow comparison published")
+            }
+            Err(e) => {
+                self.pipeline
+                    .metrics()
+                    .shadow_skipped(c.shadow.provider, "publish");
+                tracing::warn!(error = %e, "Could not publish the shadow comparison; it is dropped (the job's result was published)");
+            }
+        }
     }
 }
 

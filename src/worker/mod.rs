@@ -16,6 +16,7 @@ use crate::broker::headers::{Provenance, StateKey};
 use crate::broker::{self, Names, headers};
 use crate::config::Config;
 use crate::coordination::Coordination;
+use crate::domain::Check;
 use crate::domain::job::JobId;
 use crate::pipeline::{CallbackSettings, Finished, Incoming, Pipeline, PipelineConfig, Signals};
 use crate::providers::argos::Argos;
@@ -58,6 +59,15 @@ pub async fn build_pipeline(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Resu
         anyhow::bail!(
             "no vendor is configured: set providers.argos.api_key (LIVENESS_PROVIDERS__ARGOS__API_KEY), providers.intellicheck.signing_key or providers.didit.api_key"
         );
+    }
+    for check in [Check::Document, Check::Face] {
+        if let Some(v) = cfg.shadow.vendor(check).filter(|_| cfg.shadow.enabled())
+            && !providers.iter().any(|p| p.name() == v)
+        {
+            anyhow::bail!(
+                "shadow.{check} is {v}, which has no credentials configured: set them (providers.{v}), or empty shadow.{check}"
+            );
+        }
     }
     let outcomes = (!cfg.results.bucket.is_empty()).then(|| store.outcomes(&cfg.results));
     let mut pipeline = Pipeline::new(
@@ -303,6 +313,9 @@ impl Consumer<'_> {
             if let Some(cb) = self.pipeline.callbacks() {
                 broker::declare_callback_wait(&conn, &cfg.broker, cb.wait).await?;
             }
+            if self.pipeline.shadows() {
+                broker::declare_shadow(&conn, &cfg.broker).await?;
+            }
             Ok::<_, anyhow::Error>(())
         };
         declared.await.map_err(|e| {
@@ -469,7 +482,7 @@ impl Job {
             }
         };
         let metrics = self.pipeline.metrics().clone();
-        let _in_flight = metrics.in_flight();
+        let in_flight = metrics.in_flight();
         metrics.received();
         if let Some(sent) = properties.timestamp() {
             let now = std::time::SystemTime::now()
@@ -510,12 +523,14 @@ impl Job {
                 0
             };
             let incoming = Arc::new(incoming);
-            let finished = self.step_catching_panics(incoming.clone()).await;
+            let mut finished = self.step_catching_panics(incoming.clone()).await;
+            let shadow = finished.shadow.take();
             let job = JobMessage {
                 body: &body,
                 props: &properties,
             };
-            if let Err(e) = self.finisher.finish(&finished, job, Some(&acker)).await {
+            let published = self.finisher.finish(&finished, job, Some(&acker)).await;
+            if let Err(e) = published {
                 metrics.publish_failed();
                 tracing::warn!(error = %e, outcome = %finished.disposition.label(), "Could not publish the outcome within broker.publish_timeout; returning the job to the queue");
                 if let Some(id) = incoming.job_id() {
@@ -527,8 +542,16 @@ impl Job {
                         ..Default::default()
                     })
                     .await;
+            } else if let Some(run) = shadow {
+                // The result is out and acked: the shadow call takes no
+                // worker slot and cannot hold the job back.
+                drop(slot);
+                drop(in_flight);
+                self.finisher.shadow(run, &self.signals.stop).await;
+                return;
             }
             drop(slot);
+            drop(in_flight);
         }
         .instrument(span)
         .await

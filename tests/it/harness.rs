@@ -463,6 +463,7 @@ impl TestEnv {
         queues.extend(self.names.results_queue.clone());
         queues.extend(self.names.retry_queues.iter().map(|(q, _)| q.clone()));
         queues.push(self.names.callback_wait_queue.clone());
+        queues.extend(self.names.shadow_queue.clone());
         for q in queues {
             let _ = self
                 .ch
@@ -473,6 +474,7 @@ impl TestEnv {
             &self.names.jobs_exchange,
             &self.names.results_exchange,
             &self.names.dead_exchange,
+            &self.names.shadow_exchange,
         ] {
             let _ = self
                 .ch

@@ -89,22 +89,22 @@ async fn the_redis_limiter_spaces_reservations_blocks_and_counts_budgets() {
     // Budgets: three units, then spent; both windows counted.
     let w = Windows::now();
     for n in 1..=3 {
-        let Spend::Taken(spent) = s.spend(ProviderName::Argos, &w, 3, 100).await.unwrap() else {
+        let Spend::Taken(spent) = s.spend("argos", &w, 3, 100).await.unwrap() else {
             panic!("budget left")
         };
         assert_eq!((spent.day, spent.month), (n, n));
     }
-    let Spend::Exhausted(spent) = s.spend(ProviderName::Argos, &w, 3, 100).await.unwrap() else {
+    let Spend::Exhausted(spent) = s.spend("argos", &w, 3, 100).await.unwrap() else {
         panic!("budget spent")
     };
     assert_eq!(spent.day, 3);
     // The month cap binds as well.
     assert!(matches!(
-        s.spend(ProviderName::Argos, &w, 0, 3).await.unwrap(),
+        s.spend("argos", &w, 0, 3).await.unwrap(),
         Spend::Exhausted(_)
     ));
-    assert_eq!(s.spent(ProviderName::Argos, &w).await.unwrap().month, 3);
-    assert_eq!(s.spent(ProviderName::Didit, &w).await.unwrap().day, 0);
+    assert_eq!(s.spent("argos", &w).await.unwrap().month, 3);
+    assert_eq!(s.spent("didit", &w).await.unwrap().day, 0);
 }
 
 /// A second worker on the same configuration (its own telemetry).
@@ -443,6 +443,82 @@ async fn a_vendor_at_its_limit_leaves_the_other_vendors_slots_free() {
         .await;
     assert!(rest.iter().all(|(_, _, r)| r["provider"] == "argos"));
     assert_eq!(t.calls().await["argos"]["submissions"], argos_jobs);
+    assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_compares_a_share_of_the_jobs_with_a_second_vendor() {
+    // Half the face jobs also go to Didit after their result, at most 3 of
+    // them a day (fleet-wide budget in Redis).
+    let t = TestEnv::start(
+        "shadow",
+        "[shadow]\nshare = 0.5\nface = \"didit\"\ndaily_budget = 3",
+    )
+    .await;
+    let n = 12;
+    publish_face_jobs(&t, "sh", n).await;
+    let picked: Vec<String> = (0..n)
+        .map(|i| format!("sh-{i}"))
+        .filter(|id| liveness_worker::pipeline::shadow::selected(id, 0.5))
+        .collect();
+    assert!(
+        picked.len() > 3,
+        "the share picks more than the budget: {picked:?}"
+    );
+
+    // Every job has its result, from Argos alone, as without shadow mode.
+    let results = t.results(n as usize).await;
+    for (rk, _, r) in results.values() {
+        assert_eq!(rk, "face.live");
+        assert_eq!(r["provider"], "argos", "{r}");
+        assert_eq!(r["schema"], "liveness.result.v1");
+    }
+    // Three comparisons (the budget), of picked jobs, on the shadow queue.
+    let q = t.names.shadow_queue.clone().expect("shadow queue");
+    let shadows = t.take(&q, 3, Duration::from_secs(60)).await;
+    for (rk, props, c) in &shadows {
+        assert_eq!(rk, "face.agree", "{c}");
+        assert_eq!(c["schema"], "liveness.shadow.v1");
+        let id = c["job_id"].as_str().unwrap();
+        assert!(picked.iter().any(|p| p == id), "{id} was not picked");
+        assert_eq!(props.message_id().as_ref().map(|m| m.as_str()), Some(id));
+        assert_eq!(c["primary"]["provider"], "argos");
+        assert_eq!(c["primary"]["verdict"], "live");
+        assert_eq!(c["shadow"]["provider"], "didit");
+        assert_eq!(c["shadow"]["verdict"], "live");
+        assert_eq!(c["shadow"]["attempts"], 1);
+        assert_eq!(c["agreement"]["same_verdict"], true);
+        assert!(c["agreement"]["score_difference"].is_number(), "{c}");
+        assert_eq!(c["image"]["sha256"], results[id].2["image"]["sha256"]);
+    }
+    // The rest of the picked jobs were skipped for the budget; nothing
+    // else was sent to Didit and no comparison lands in the results.
+    wait_for("the skipped shadows to be counted", 30, async || {
+        let m = t.probe("/metrics").await.1;
+        series(
+            &m,
+            "liveness_shadow_skipped_total{shadow=\"didit\",reason=\"budget\"}",
+        ) == Some((picked.len() - 3) as f64)
+    })
+    .await;
+    assert_eq!(t.calls().await["didit"]["submissions"], 3);
+    assert_eq!(t.calls().await["argos"]["submissions"], n);
+    assert_eq!(t.depth(&q).await, 0);
+    let m = t.probe("/metrics").await.1;
+    assert_eq!(
+        series(
+            &m,
+            "liveness_shadow_comparisons_total{check=\"face\",primary=\"argos\",shadow=\"didit\",agreement=\"agree\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        t.depth(&t.names.results_queue.clone().unwrap()).await,
+        0,
+        "no comparison among the results"
+    );
     assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
     t.finish().await;
 }

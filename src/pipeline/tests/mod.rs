@@ -5,6 +5,7 @@
 mod bounds;
 mod callback;
 mod claims;
+mod shadow;
 mod traffic;
 
 use super::fakes::{Answer, Claims, Images, Outcomes, Vendor};
@@ -49,6 +50,7 @@ fn config() -> PipelineConfig {
         concurrency: 32,
         failover_document: Vec::new(),
         failover_face: Vec::new(),
+        shadow: crate::config::Config::from_toml("").unwrap().shadow,
     }
 }
 
