@@ -1,12 +1,13 @@
 //! Vendor traffic shared by the fleet (docs/traffic.md): a rate limiter per
 //! vendor (GCRA, one Lua script, on Redis's clock so replicas' clocks do
 //! not matter), a "blocked until" per vendor that a 429 sets for everyone,
-//! and spend counters per vendor and UTC day and month.
+//! and spend counters per budget (a vendor's is named after it) and UTC day
+//! and month.
 //!
 //! Keys, under the coordination prefix:
 //! `traffic:<vendor>:tat` (the limiter's theoretical arrival time, ms),
 //! `traffic:<vendor>:blocked` (ms since the epoch),
-//! `budget:<vendor>:day:<YYYY-MM-DD>`, `budget:<vendor>:month:<YYYY-MM>`.
+//! `budget:<name>:day:<YYYY-MM-DD>`, `budget:<name>:month:<YYYY-MM>`.
 
 use super::{Coordination, Unavailable};
 use crate::domain::ProviderName;
@@ -201,24 +202,25 @@ pub trait TrafficStore: Send + Sync + 'static {
     /// Holds every request to `vendor` back for `wait` (unless already held
     /// longer); returns how long it is held from now.
     async fn block(&self, vendor: ProviderName, wait: Duration) -> Result<Duration, Unavailable>;
-    /// Takes one unit of `vendor`'s budget in `windows`, unless a cap (0:
-    /// none) is reached.
+    /// Takes one unit of the budget named `budget` (a vendor's budget is
+    /// named after the vendor) in `windows`, unless a cap (0: none) is
+    /// reached.
     async fn spend(
         &self,
-        vendor: ProviderName,
+        budget: &str,
         windows: &Windows,
         day_cap: u64,
         month_cap: u64,
     ) -> Result<Spend, Unavailable>;
     /// The budget's counts in `windows`.
-    async fn spent(&self, vendor: ProviderName, windows: &Windows) -> Result<Spent, Unavailable>;
+    async fn spent(&self, budget: &str, windows: &Windows) -> Result<Spent, Unavailable>;
 }
 
 impl Coordination {
-    fn budget_keys(&self, vendor: ProviderName, w: &Windows) -> (String, String) {
+    fn budget_keys(&self, budget: &str, w: &Windows) -> (String, String) {
         (
-            self.key("budget", &format!("{vendor}:day:{}", w.day)),
-            self.key("budget", &format!("{vendor}:month:{}", w.month)),
+            self.key("budget", &format!("{budget}:day:{}", w.day)),
+            self.key("budget", &format!("{budget}:month:{}", w.month)),
         )
     }
 }
@@ -268,12 +270,12 @@ impl TrafficStore for Coordination {
 
     async fn spend(
         &self,
-        vendor: ProviderName,
+        budget: &str,
         windows: &Windows,
         day_cap: u64,
         month_cap: u64,
     ) -> Result<Spend, Unavailable> {
-        let (day, month) = self.budget_keys(vendor, windows);
+        let (day, month) = self.budget_keys(budget, windows);
         let mut c = self.conn.clone();
         let (taken, d, m): (i64, u64, u64) = redis::Script::new(SPEND)
             .key(day)
@@ -293,8 +295,8 @@ impl TrafficStore for Coordination {
         })
     }
 
-    async fn spent(&self, vendor: ProviderName, windows: &Windows) -> Result<Spent, Unavailable> {
-        let (day, month) = self.budget_keys(vendor, windows);
+    async fn spent(&self, budget: &str, windows: &Windows) -> Result<Spent, Unavailable> {
+        let (day, month) = self.budget_keys(budget, windows);
         let mut c = self.conn.clone();
         let (d, m): (Option<u64>, Option<u64>) = redis::pipe()
             .get(day)

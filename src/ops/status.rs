@@ -121,7 +121,7 @@ async fn budgets(cfg: &Config) -> Vec<BudgetStatus> {
     for v in vendors {
         let c = cfg.traffic.vendor(v);
         let spent = match &store {
-            Ok(store) => store.spent(v, &w).await.map_err(|e| e.to_string()),
+            Ok(store) => store.spent(v.as_str(), &w).await.map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:#}")),
         };
         let (day_used, month_used, error) = match spent {

@@ -313,7 +313,7 @@ impl Traffic {
         let spend = self
             .store
             .spend(
-                vendor,
+                vendor.as_str(),
                 &windows,
                 lane.cfg.daily_budget,
                 lane.cfg.monthly_budget,
@@ -512,6 +512,8 @@ fn unavailable(vendor: ProviderName, e: &Unavailable) -> Failed {
 #[derive(Default)]
 pub struct LocalTraffic {
     state: Mutex<HashMap<ProviderName, LocalLane>>,
+    /// Budget counts by budget name, then by window (`YYYY-MM-DD`, `YYYY-MM`).
+    budgets: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 #[derive(Default)]
@@ -520,7 +522,6 @@ struct LocalLane {
     tat: f64,
     blocked_until: f64,
     base: Option<Instant>,
-    budget: HashMap<String, u64>,
 }
 
 impl LocalLane {
@@ -569,30 +570,30 @@ impl TrafficStore for LocalTraffic {
 
     async fn spend(
         &self,
-        vendor: ProviderName,
+        budget: &str,
         w: &Windows,
         day_cap: u64,
         month_cap: u64,
     ) -> Result<Spend, Unavailable> {
-        let mut s = self.state.lock().expect("local traffic");
-        let l = s.entry(vendor).or_default();
-        let day = l.budget.get(&w.day).copied().unwrap_or(0);
-        let month = l.budget.get(&w.month).copied().unwrap_or(0);
+        let mut s = self.budgets.lock().expect("local traffic");
+        let b = s.entry(budget.to_owned()).or_default();
+        let day = b.get(&w.day).copied().unwrap_or(0);
+        let month = b.get(&w.month).copied().unwrap_or(0);
         if (day_cap > 0 && day >= day_cap) || (month_cap > 0 && month >= month_cap) {
             return Ok(Spend::Exhausted(Spent { day, month }));
         }
-        l.budget.insert(w.day.clone(), day + 1);
-        l.budget.insert(w.month.clone(), month + 1);
+        b.insert(w.day.clone(), day + 1);
+        b.insert(w.month.clone(), month + 1);
         Ok(Spend::Taken(Spent {
             day: day + 1,
             month: month + 1,
         }))
     }
 
-    async fn spent(&self, vendor: ProviderName, w: &Windows) -> Result<Spent, Unavailable> {
-        let s = self.state.lock().expect("local traffic");
-        let l = s.get(&vendor);
-        let get = |k: &str| l.and_then(|l| l.budget.get(k).copied()).unwrap_or(0);
+    async fn spent(&self, budget: &str, w: &Windows) -> Result<Spent, Unavailable> {
+        let s = self.budgets.lock().expect("local traffic");
+        let b = s.get(budget);
+        let get = |k: &str| b.and_then(|b| b.get(k).copied()).unwrap_or(0);
         Ok(Spent {
             day: get(&w.day),
             month: get(&w.month),

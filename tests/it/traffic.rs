@@ -89,22 +89,22 @@ async fn the_redis_limiter_spaces_reservations_blocks_and_counts_budgets() {
     // Budgets: three units, then spent; both windows counted.
     let w = Windows::now();
     for n in 1..=3 {
-        let Spend::Taken(spent) = s.spend(ProviderName::Argos, &w, 3, 100).await.unwrap() else {
+        let Spend::Taken(spent) = s.spend("argos", &w, 3, 100).await.unwrap() else {
             panic!("budget left")
         };
         assert_eq!((spent.day, spent.month), (n, n));
     }
-    let Spend::Exhausted(spent) = s.spend(ProviderName::Argos, &w, 3, 100).await.unwrap() else {
+    let Spend::Exhausted(spent) = s.spend("argos", &w, 3, 100).await.unwrap() else {
         panic!("budget spent")
     };
     assert_eq!(spent.day, 3);
     // The month cap binds as well.
     assert!(matches!(
-        s.spend(ProviderName::Argos, &w, 0, 3).await.unwrap(),
+        s.spend("argos", &w, 0, 3).await.unwrap(),
         Spend::Exhausted(_)
     ));
-    assert_eq!(s.spent(ProviderName::Argos, &w).await.unwrap().month, 3);
-    assert_eq!(s.spent(ProviderName::Didit, &w).await.unwrap().day, 0);
+    assert_eq!(s.spent("argos", &w).await.unwrap().month, 3);
+    assert_eq!(s.spent("didit", &w).await.unwrap().day, 0);
 }
 
 /// A second worker on the same configuration (its own telemetry).
