@@ -19,7 +19,8 @@ use super::failure::Failed;
 use crate::config::{TrafficConfig, VendorTraffic};
 use crate::coordination::traffic::gcra;
 use crate::coordination::{
-    RateSpec, Reservation, Spend, Spent, TrafficStore, Unavailable, VendorState, Windows,
+    CapChange, Overrides, RateSpec, Reservation, Spend, Spent, TrafficStore, Unavailable,
+    VendorState, Windows,
 };
 use crate::domain::ProviderName;
 use crate::providers::VendorError;
@@ -507,13 +508,20 @@ fn unavailable(vendor: ProviderName, e: &Unavailable) -> Failed {
 }
 
 /// The traffic store of a replica without a coordination store: the same
-/// GCRA in process (on tokio's clock), blocks and budget counts of this
-/// replica only.
+/// GCRA in process (on tokio's clock), blocks, budget counts and
+/// overrides of this replica only.
 #[derive(Default)]
 pub struct LocalTraffic {
     state: Mutex<HashMap<ProviderName, LocalLane>>,
-    /// Budget counts by budget name, then by window (`YYYY-MM-DD`, `YYYY-MM`).
-    budgets: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// By budget name.
+    budgets: Mutex<HashMap<String, LocalBudget>>,
+}
+
+#[derive(Default)]
+struct LocalBudget {
+    /// By window (`YYYY-MM-DD`, `YYYY-MM`).
+    counts: HashMap<String, u64>,
+    overrides: Overrides,
 }
 
 #[derive(Default)]
@@ -577,27 +585,48 @@ impl TrafficStore for LocalTraffic {
     ) -> Result<Spend, Unavailable> {
         let mut s = self.budgets.lock().expect("local traffic");
         let b = s.entry(budget.to_owned()).or_default();
-        let day = b.get(&w.day).copied().unwrap_or(0);
-        let month = b.get(&w.month).copied().unwrap_or(0);
+        let overrides = b.overrides;
+        let (day_cap, month_cap) = (overrides.day_cap(day_cap), overrides.month_cap(month_cap));
+        let day = b.counts.get(&w.day).copied().unwrap_or(0);
+        let month = b.counts.get(&w.month).copied().unwrap_or(0);
         if (day_cap > 0 && day >= day_cap) || (month_cap > 0 && month >= month_cap) {
-            return Ok(Spend::Exhausted(Spent { day, month }));
+            return Ok(Spend::Exhausted(Spent {
+                day,
+                month,
+                overrides,
+            }));
         }
-        b.insert(w.day.clone(), day + 1);
-        b.insert(w.month.clone(), month + 1);
+        b.counts.insert(w.day.clone(), day + 1);
+        b.counts.insert(w.month.clone(), month + 1);
         Ok(Spend::Taken(Spent {
             day: day + 1,
             month: month + 1,
+            overrides,
         }))
     }
 
     async fn spent(&self, budget: &str, w: &Windows) -> Result<Spent, Unavailable> {
         let s = self.budgets.lock().expect("local traffic");
         let b = s.get(budget);
-        let get = |k: &str| b.and_then(|b| b.get(k).copied()).unwrap_or(0);
+        let get = |k: &str| b.and_then(|b| b.counts.get(k).copied()).unwrap_or(0);
         Ok(Spent {
             day: get(&w.day),
             month: get(&w.month),
+            overrides: b.map(|b| b.overrides).unwrap_or_default(),
         })
+    }
+
+    async fn change_caps(
+        &self,
+        budget: &str,
+        day: CapChange,
+        month: CapChange,
+    ) -> Result<Overrides, Unavailable> {
+        let mut s = self.budgets.lock().expect("local traffic");
+        let o = &mut s.entry(budget.to_owned()).or_default().overrides;
+        o.day = day.apply(o.day);
+        o.month = month.apply(o.month);
+        Ok(*o)
     }
 }
 
@@ -717,6 +746,67 @@ mod tests {
             m.contains(r#"liveness_vendor_budget_exhausted{vendor="argos"} 1"#),
             "{m}"
         );
+    }
+
+    fn taken(s: Spend) -> Option<Spent> {
+        match s {
+            Spend::Taken(s) => Some(s),
+            Spend::Exhausted(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_local_store_applies_overrides_until_cleared() {
+        let s = LocalTraffic::default();
+        let w = Windows::now();
+        // Configured: 2 a day, no monthly cap.
+        for _ in 0..2 {
+            assert!(taken(s.spend("argos", &w, 2, 0).await.unwrap()).is_some());
+        }
+        let Spend::Exhausted(spent) = s.spend("argos", &w, 2, 0).await.unwrap() else {
+            panic!("spent")
+        };
+        assert_eq!((spent.day, spent.overrides), (2, Overrides::default()));
+        // Raised to 3: one more, then spent again; the override is reported.
+        let o = s
+            .change_caps("argos", CapChange::Set(3), CapChange::Keep)
+            .await
+            .unwrap();
+        assert_eq!((o.day, o.month), (Some(3), None));
+        let spent = taken(s.spend("argos", &w, 2, 0).await.unwrap()).expect("raised");
+        assert_eq!((spent.day, spent.overrides.day), (3, Some(3)));
+        assert!(taken(s.spend("argos", &w, 2, 0).await.unwrap()).is_none());
+        // 0: no cap, not "clear".
+        s.change_caps("argos", CapChange::Set(0), CapChange::Keep)
+            .await
+            .unwrap();
+        let spent = taken(s.spend("argos", &w, 2, 0).await.unwrap()).expect("no cap");
+        assert_eq!((spent.day, spent.overrides.day), (4, Some(0)));
+        // A monthly override binds too, and keeps the daily one.
+        let o = s
+            .change_caps("argos", CapChange::Keep, CapChange::Set(4))
+            .await
+            .unwrap();
+        assert_eq!((o.day, o.month), (Some(0), Some(4)));
+        let Spend::Exhausted(spent) = s.spend("argos", &w, 2, 0).await.unwrap() else {
+            panic!("the month is spent")
+        };
+        assert_eq!(spent.month, 4);
+        // Cleared: the configured caps apply again.
+        s.change_caps("argos", CapChange::Clear, CapChange::Clear)
+            .await
+            .unwrap();
+        let Spend::Exhausted(spent) = s.spend("argos", &w, 2, 0).await.unwrap() else {
+            panic!("the configured daily cap")
+        };
+        assert!(spent.overrides.is_empty());
+        let read = s.spent("argos", &w).await.unwrap();
+        assert_eq!(
+            (read.day, read.month, read.overrides),
+            (4, 4, Overrides::default())
+        );
+        // Another budget name is another budget.
+        assert_eq!(s.spent("shadow-argos", &w).await.unwrap(), Spent::default());
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@ use crate::harness::{TestEnv, env, unique, wait_for};
 use crate::telemetry::series;
 use liveness_worker::config::Config;
 use liveness_worker::coordination::{
-    Coordination, RateSpec, Reservation, Spend, TrafficStore as _, Windows,
+    CapChange, Coordination, Overrides, RateSpec, Reservation, Spend, TrafficStore as _, Windows,
 };
 use liveness_worker::domain::ProviderName;
 use liveness_worker::samples;
@@ -105,6 +105,97 @@ async fn the_redis_limiter_spaces_reservations_blocks_and_counts_budgets() {
     ));
     assert_eq!(s.spent("argos", &w).await.unwrap().month, 3);
     assert_eq!(s.spent("didit", &w).await.unwrap().day, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_overrides_in_redis_replace_the_configured_caps_until_cleared() {
+    let s = store("caps");
+    let w = Windows::now();
+    let spend = async |w: &Windows| s.spend("argos", w, 2, 0).await.unwrap();
+    // Configured: 2 a day, no monthly cap.
+    for n in 1..=2 {
+        let Spend::Taken(spent) = spend(&w).await else {
+            panic!("budget left")
+        };
+        assert_eq!((spent.day, spent.overrides), (n, Overrides::default()));
+    }
+    assert!(matches!(spend(&w).await, Spend::Exhausted(_)));
+    // Raised to 3: one more unit, then spent again; the override is reported.
+    let o = s
+        .change_caps("argos", CapChange::Set(3), CapChange::Keep)
+        .await
+        .unwrap();
+    assert_eq!(
+        o,
+        Overrides {
+            day: Some(3),
+            month: None
+        }
+    );
+    let Spend::Taken(spent) = spend(&w).await else {
+        panic!("raised")
+    };
+    assert_eq!((spent.day, spent.overrides.day), (3, Some(3)));
+    let Spend::Exhausted(spent) = spend(&w).await else {
+        panic!("spent under the override")
+    };
+    assert_eq!((spent.day, spent.overrides.day), (3, Some(3)));
+    // 0 is "no cap", and is not the same as clearing.
+    s.change_caps("argos", CapChange::Set(0), CapChange::Keep)
+        .await
+        .unwrap();
+    for n in 4..=6 {
+        let Spend::Taken(spent) = spend(&w).await else {
+            panic!("no cap")
+        };
+        assert_eq!((spent.day, spent.overrides.day), (n, Some(0)));
+    }
+    assert_eq!(
+        s.spent("argos", &w).await.unwrap().overrides.day,
+        Some(0),
+        "read back by spent"
+    );
+    // A monthly override binds too and keeps the daily one.
+    let o = s
+        .change_caps("argos", CapChange::Keep, CapChange::Set(6))
+        .await
+        .unwrap();
+    assert_eq!((o.day, o.month), (Some(0), Some(6)));
+    let Spend::Exhausted(spent) = spend(&w).await else {
+        panic!("the month is spent")
+    };
+    assert_eq!((spent.month, spent.overrides.month), (6, Some(6)));
+    // Overrides have no window: another day (the month's count is another
+    // month's too) finds them.
+    let later = Windows::at(std::time::SystemTime::now() + Duration::from_secs(40 * 86_400));
+    let Spend::Taken(spent) = spend(&later).await else {
+        panic!("a new month")
+    };
+    assert_eq!((spent.day, spent.overrides), (1, o));
+    // Cleared: the configured caps apply again.
+    let o = s
+        .change_caps("argos", CapChange::Clear, CapChange::Clear)
+        .await
+        .unwrap();
+    assert!(o.is_empty());
+    let Spend::Exhausted(spent) = spend(&w).await else {
+        panic!("the configured cap")
+    };
+    assert_eq!((spent.day, spent.overrides), (6, Overrides::default()));
+    let read = s.spent("argos", &w).await.unwrap();
+    assert_eq!((read.day, read.month, read.overrides), (6, 6, o));
+    // Clearing what is not set changes nothing; another name is another budget.
+    assert!(
+        s.change_caps("argos", CapChange::Clear, CapChange::Keep)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.change_caps("shadow-argos", CapChange::Set(1), CapChange::Keep)
+        .await
+        .unwrap();
+    assert!(s.spent("argos", &w).await.unwrap().overrides.is_empty());
+    assert_eq!(s.spent("shadow-argos", &w).await.unwrap().day, 0);
 }
 
 /// A second worker on the same configuration (its own telemetry).
