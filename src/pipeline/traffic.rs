@@ -348,23 +348,28 @@ impl Traffic {
             Spend::Exhausted(s) => (s, true),
         };
         let c = &lane.cfg;
-        // The caps that applied: a run-time override, else the configured.
-        let day_cap = spent.overrides.day_cap(c.daily_budget);
-        let month_cap = spent.overrides.month_cap(c.monthly_budget);
-        self.metrics.set_budget(vendor, "day", spent.day, day_cap);
-        self.metrics
-            .set_budget(vendor, "month", spent.month, month_cap);
-        let over = |used: u64, cap: u64| cap > 0 && used as f64 >= c.budget_warning * cap as f64;
-        let warning = over(spent.day, day_cap) || over(spent.month, month_cap);
-        self.metrics.set_budget_flags(vendor, warning, exhausted);
         let reason = budget_reason(vendor, c, spent, &windows);
-        {
-            let mut seen = lane.seen.lock().expect("traffic state");
-            let was_exhausted = seen.exhausted
-                && seen
-                    .windows
-                    .as_ref()
-                    .is_some_and(|w| w.day == windows.day && w.month == windows.month);
+        let mut seen = lane.seen.lock().expect("traffic state");
+        let same = seen
+            .windows
+            .as_ref()
+            .is_some_and(|w| w.day == windows.day && w.month == windows.month);
+        // Concurrent spends come back in any order: one that counted less
+        // than this replica already saw in these windows is older news, for
+        // the metrics and for what early_park knows.
+        let stale = same && (spent.day < seen.spent.day || spent.month < seen.spent.month);
+        if !stale {
+            // The caps that applied: a run-time override, else the configured.
+            let day_cap = spent.overrides.day_cap(c.daily_budget);
+            let month_cap = spent.overrides.month_cap(c.monthly_budget);
+            self.metrics.set_budget(vendor, "day", spent.day, day_cap);
+            self.metrics
+                .set_budget(vendor, "month", spent.month, month_cap);
+            let over =
+                |used: u64, cap: u64| cap > 0 && used as f64 >= c.budget_warning * cap as f64;
+            let warning = over(spent.day, day_cap) || over(spent.month, month_cap);
+            self.metrics.set_budget_flags(vendor, warning, exhausted);
+            let was_exhausted = same && seen.exhausted;
             if seen.spent.overrides != spent.overrides {
                 tracing::info!(vendor = %vendor, daily_budget = day_cap, monthly_budget = month_cap,
                     daily_override = spent.overrides.day.is_some(), monthly_override = spent.overrides.month.is_some(),
@@ -389,6 +394,7 @@ impl Traffic {
             seen.spent = spent;
             seen.exhausted = exhausted;
         }
+        drop(seen);
         if exhausted {
             self.metrics.vendor_throttled(vendor, "budget");
             return Err(Failed::Park { vendor, reason });
@@ -963,6 +969,89 @@ mod tests {
         assert!(t.early_park(argos).is_none());
         assert!(t.admit(argos, deadline, &stop).await.is_err());
         assert!(t.early_park(argos).is_some());
+    }
+
+    /// A store whose spends answer from a script, in the order given: as
+    /// concurrent spends may come back in any order.
+    struct Scripted {
+        local: LocalTraffic,
+        spends: Mutex<Vec<Spend>>,
+    }
+
+    #[async_trait]
+    impl TrafficStore for Scripted {
+        async fn reserve(
+            &self,
+            vendor: ProviderName,
+            rate: RateSpec,
+            max_wait: Duration,
+        ) -> Result<Reservation, Unavailable> {
+            self.local.reserve(vendor, rate, max_wait).await
+        }
+        async fn block(
+            &self,
+            vendor: ProviderName,
+            wait: Duration,
+        ) -> Result<Duration, Unavailable> {
+            self.local.block(vendor, wait).await
+        }
+        async fn spend(&self, _: &str, _: &Windows, _: u64, _: u64) -> Result<Spend, Unavailable> {
+            Ok(self.spends.lock().unwrap().remove(0))
+        }
+        async fn spent(&self, budget: &str, w: &Windows) -> Result<Spent, Unavailable> {
+            self.local.spent(budget, w).await
+        }
+        async fn change_caps(
+            &self,
+            budget: &str,
+            day: CapChange,
+            month: CapChange,
+        ) -> Result<Overrides, Unavailable> {
+            self.local.change_caps(budget, day, month).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spend_that_comes_back_late_does_not_turn_the_counts_back() {
+        let cfg = Config::from_toml(
+            "[coordination]\nredis_url = \"redis://x\"\n[traffic.argos]\ndaily_budget = 20",
+        )
+        .unwrap();
+        let at = |day: u64| Spent {
+            day,
+            month: day,
+            overrides: Overrides::default(),
+        };
+        let store = Scripted {
+            local: LocalTraffic::default(),
+            // The 8th unit's answer first, then the 7th's; then the cap,
+            // reached before a raise, after the raise was seen.
+            spends: Mutex::new(vec![
+                Spend::Taken(at(8)),
+                Spend::Taken(at(7)),
+                Spend::Exhausted(at(7)),
+            ]),
+        };
+        let t = Traffic::new(
+            &cfg.traffic,
+            32,
+            [ProviderName::Argos],
+            Some(Arc::new(store)),
+            Arc::new(Metrics::new()),
+        );
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        // That job itself parks on its answer, but the replica keeps what it knew.
+        assert!(t.admit(ProviderName::Argos, deadline, &stop).await.is_err());
+        assert!(t.early_park(ProviderName::Argos).is_none());
+        let m = t.metrics.encode();
+        assert!(
+            m.contains(r#"liveness_vendor_budget_remaining{vendor="argos",window="day"} 12"#)
+                && m.contains(r#"liveness_vendor_budget_exhausted{vendor="argos"} 0"#),
+            "{m}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
