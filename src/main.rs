@@ -75,6 +75,8 @@ enum Command {
     Reverify(ops::reverify::ReverifyArgs),
     /// Remove dead letters selected like replay's, archived to S3 first.
     Purge(ops::purge::PurgeArgs),
+    /// Vendor spend budgets: show them, or raise or lower a cap for the whole fleet without a restart.
+    Budget(ops::budget::BudgetArgs),
     /// Serve the operator console: queues, fleet and vendors; dead letters to browse, replay, export and purge; job lookup.
     Console(console::ConsoleArgs),
     /// Everything at once on local services: emulator, worker, a few hundred sample jobs, a summary.
@@ -228,6 +230,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Resend(args) => ops::resend::run(&ops_config(&sources)?, args).await,
         Command::Reverify(args) => ops::reverify::run(&ops_config(&sources)?, args).await,
         Command::Purge(args) => ops::purge::run(&ops_config(&sources)?, args).await,
+        Command::Budget(args) => ops::budget::run(&ops_config(&sources)?, args).await,
         Command::Console(args) => {
             let cfg = Config::load(&sources)?;
             // A passive declare of a queue not declared yet closes its

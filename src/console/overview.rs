@@ -283,30 +283,39 @@ fn describe_limit(l: &serde_json::Value) -> String {
     }
 }
 
-/// A replica's spend budget (the heartbeat's `budget`): what is left.
+/// A replica's spend budget (the heartbeat's `budget`): what is left of
+/// the caps that apply (0: no cap), and which are run-time overrides.
 fn describe_budget(b: &serde_json::Value) -> String {
-    let left = |used: &str, cap: &str, window: &str| {
-        let cap = b.get(cap)?.as_u64()?;
+    let left = |used: &str, cap: &str, over: &str, window: &str| {
+        let cap = b.get(cap)?.as_u64().filter(|c| *c > 0)?;
         let used = b.get(used).and_then(|u| u.as_u64()).unwrap_or(0);
+        let over = b.get(over).and_then(|o| o.as_bool()) == Some(true);
         Some(format!(
-            "{} of {cap} left this {window}",
-            cap.saturating_sub(used)
+            "{} of {cap} left this {window}{}",
+            cap.saturating_sub(used),
+            if over { " (run-time override)" } else { "" }
         ))
     };
     let mut parts: Vec<String> = [
-        left("day_used", "daily_budget", "day"),
-        left("month_used", "monthly_budget", "month"),
+        left("day_used", "daily_budget", "daily_override", "day"),
+        left("month_used", "monthly_budget", "monthly_override", "month"),
     ]
     .into_iter()
     .flatten()
     .collect();
     if b.get("exhausted").and_then(|e| e.as_bool()) == Some(true) {
-        parts.push("spent: jobs park until the window turns".into());
+        parts.push(
+            "spent: jobs park until the window turns or `liveness-worker budget set` raises it"
+                .into(),
+        );
     }
-    if parts.is_empty() {
-        b.to_string()
-    } else {
+    if !parts.is_empty() {
         parts.join("; ")
+    } else if b.get("daily_budget").is_some() || b.get("monthly_budget").is_some() {
+        // Both caps overridden with 0.
+        "no cap in force".into()
+    } else {
+        b.to_string()
     }
 }
 
@@ -462,7 +471,15 @@ mod tests {
         let spent = serde_json::json!({"day_used": 1000, "daily_budget": 1000, "exhausted": true});
         assert_eq!(
             describe_budget(&spent),
-            "0 of 1000 left this day; spent: jobs park until the window turns"
+            "0 of 1000 left this day; spent: jobs park until the window turns or `liveness-worker budget set` raises it"
+        );
+        // As a replica reports it now: a raised daily cap, no monthly one.
+        let raised = serde_json::json!({"day": "2026-12-07", "day_used": 1000, "daily_budget": 1500,
+            "daily_override": true, "month": "2026-12", "month_used": 5000, "monthly_budget": 0,
+            "monthly_override": false, "exhausted": false});
+        assert_eq!(
+            describe_budget(&raised),
+            "500 of 1500 left this day (run-time override)"
         );
     }
 

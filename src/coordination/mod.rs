@@ -21,7 +21,9 @@ pub mod fleet;
 pub mod traffic;
 
 pub use fleet::{Heartbeat, VendorState};
-pub use traffic::{RateSpec, Reservation, Spend, Spent, TrafficStore, Windows};
+pub use traffic::{
+    CapChange, Overrides, RateSpec, Reservation, Spend, Spent, TrafficStore, Windows,
+};
 
 use crate::config::CoordinationConfig;
 use crate::domain::job::JobId;

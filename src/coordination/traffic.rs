@@ -1,13 +1,16 @@
 //! Vendor traffic shared by the fleet (docs/traffic.md): a rate limiter per
 //! vendor (GCRA, one Lua script, on Redis's clock so replicas' clocks do
 //! not matter), a "blocked until" per vendor that a 429 sets for everyone,
-//! and spend counters per vendor and UTC day and month.
+//! and spend counters per budget (a vendor's is named after it) and UTC day
+//! and month.
 //!
 //! Keys, under the coordination prefix:
 //! `traffic:<vendor>:tat` (the limiter's theoretical arrival time, ms),
 //! `traffic:<vendor>:blocked` (ms since the epoch),
-//! `budget:<name>:day:<YYYY-MM-DD>`, `budget:<name>:month:<YYYY-MM>` (the name
-//! is the vendor's, or `shadow-<vendor>` for a shadow budget).
+//! `budget:<name>:day:<YYYY-MM-DD>`, `budget:<name>:month:<YYYY-MM>`, and
+//! `budget:<name>:caps`, a hash of the run-time overrides of the budget's
+//! caps (fields `day`, `month`; no expiry: `liveness-worker budget set`
+//! writes them, `budget clear` removes them).
 
 use super::{Coordination, Unavailable};
 use crate::domain::ProviderName;
@@ -97,21 +100,42 @@ end
 return cur - now";
 
 /// Takes one unit of the day's and the month's budgets unless either is
-/// spent (a cap of 0 is no cap); counts both windows either way.
-/// Returns {taken, day count, month count}.
+/// spent (a cap of 0 is no cap); counts both windows either way. A cap
+/// overridden in the hash KEYS[3] replaces the configured one (ARGV[1],
+/// ARGV[2]), read in the same script. Returns {taken, day count, month
+/// count, day override, month override}, -1 for an override not set.
 const SPEND: &str = r"
 local day = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
 local month = tonumber(redis.call('GET', KEYS[2]) or 0) or 0
-local day_cap = tonumber(ARGV[1])
-local month_cap = tonumber(ARGV[2])
+local over = redis.call('HMGET', KEYS[3], 'day', 'month')
+local od = tonumber(over[1])
+local om = tonumber(over[2])
+local day_cap = od or tonumber(ARGV[1])
+local month_cap = om or tonumber(ARGV[2])
 if (day_cap > 0 and day >= day_cap) or (month_cap > 0 and month >= month_cap) then
-  return {0, day, month}
+  return {0, day, month, od or -1, om or -1}
 end
 day = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 month = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {1, day, month}";
+return {1, day, month, od or -1, om or -1}";
+
+/// Changes the overrides in the hash KEYS[1]: ARGV[1] for the day, ARGV[2]
+/// for the month, each 'keep', 'clear' or a cap. Returns the overrides
+/// after the change, -1 for one not set.
+const CHANGE_CAPS: &str = r"
+local fields = {'day', 'month'}
+for i = 1, 2 do
+  local a = ARGV[i]
+  if a == 'clear' then
+    redis.call('HDEL', KEYS[1], fields[i])
+  elseif a ~= 'keep' then
+    redis.call('HSET', KEYS[1], fields[i], a)
+  end
+end
+local over = redis.call('HMGET', KEYS[1], 'day', 'month')
+return {tonumber(over[1]) or -1, tonumber(over[2]) or -1}";
 
 /// The budget windows a moment falls in (UTC).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,11 +197,75 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// A budget's counts in the current windows.
+/// A budget's counts in the current windows, and the run-time overrides
+/// of its caps the store held at that moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Spent {
     pub day: u64,
     pub month: u64,
+    pub overrides: Overrides,
+}
+
+/// Run-time overrides of a budget's caps (`liveness-worker budget set`),
+/// kept in the store until cleared. None: the configured cap applies;
+/// Some(0): no cap, as 0 in the configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub day: Option<u64>,
+    pub month: Option<u64>,
+}
+
+impl Overrides {
+    /// The daily cap that applies: the override, else `configured`.
+    pub fn day_cap(self, configured: u64) -> u64 {
+        self.day.unwrap_or(configured)
+    }
+
+    /// The monthly cap that applies: the override, else `configured`.
+    pub fn month_cap(self, configured: u64) -> u64 {
+        self.month.unwrap_or(configured)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.day.is_none() && self.month.is_none()
+    }
+
+    fn from_raw(day: i64, month: i64) -> Overrides {
+        Overrides {
+            day: u64::try_from(day).ok(),
+            month: u64::try_from(month).ok(),
+        }
+    }
+}
+
+/// What to do with one of a budget's overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapChange {
+    /// Leave it as it is.
+    Keep,
+    /// Override the configured cap with this one (0: no cap).
+    Set(u64),
+    /// Remove the override: the configured cap applies again.
+    Clear,
+}
+
+impl CapChange {
+    /// `self` applied to an override.
+    pub fn apply(self, current: Option<u64>) -> Option<u64> {
+        match self {
+            CapChange::Keep => current,
+            CapChange::Set(cap) => Some(cap),
+            CapChange::Clear => None,
+        }
+    }
+
+    fn arg(self) -> String {
+        match self {
+            CapChange::Keep => "keep".into(),
+            CapChange::Set(cap) => cap.to_string(),
+            CapChange::Clear => "clear".into(),
+        }
+    }
 }
 
 /// What spending one unit of a budget found.
@@ -202,8 +290,11 @@ pub trait TrafficStore: Send + Sync + 'static {
     /// Holds every request to `vendor` back for `wait` (unless already held
     /// longer); returns how long it is held from now.
     async fn block(&self, vendor: ProviderName, wait: Duration) -> Result<Duration, Unavailable>;
-    /// Takes one unit of the budget named `budget` (a vendor's name, or
-    /// `shadow-<vendor>`) in `windows`, unless a cap (0: none) is reached.
+    /// Takes one unit of the budget named `budget` (a vendor's budget is
+    /// named after the vendor) in `windows`, unless a cap (0: none) is
+    /// reached. An override of a cap in the store (see
+    /// [`change_caps`](Self::change_caps)) replaces `day_cap` or
+    /// `month_cap`; the [`Spent`] returned says which overrides applied.
     async fn spend(
         &self,
         budget: &str,
@@ -211,8 +302,16 @@ pub trait TrafficStore: Send + Sync + 'static {
         day_cap: u64,
         month_cap: u64,
     ) -> Result<Spend, Unavailable>;
-    /// The counts of the budget named `budget` in `windows`.
+    /// The budget's counts in `windows`, and its overrides.
     async fn spent(&self, budget: &str, windows: &Windows) -> Result<Spent, Unavailable>;
+    /// Changes the run-time overrides of the budget's caps (kept until
+    /// cleared, for every window); returns the overrides after the change.
+    async fn change_caps(
+        &self,
+        budget: &str,
+        day: CapChange,
+        month: CapChange,
+    ) -> Result<Overrides, Unavailable>;
 }
 
 impl Coordination {
@@ -221,6 +320,10 @@ impl Coordination {
             self.key("budget", &format!("{budget}:day:{}", w.day)),
             self.key("budget", &format!("{budget}:month:{}", w.month)),
         )
+    }
+
+    fn caps_key(&self, budget: &str) -> String {
+        self.key("budget", &format!("{budget}:caps"))
     }
 }
 
@@ -276,9 +379,10 @@ impl TrafficStore for Coordination {
     ) -> Result<Spend, Unavailable> {
         let (day, month) = self.budget_keys(budget, windows);
         let mut c = self.conn.clone();
-        let (taken, d, m): (i64, u64, u64) = redis::Script::new(SPEND)
+        let (taken, d, m, od, om): (i64, u64, u64, i64, i64) = redis::Script::new(SPEND)
             .key(day)
             .key(month)
+            .key(self.caps_key(budget))
             .arg(day_cap)
             .arg(month_cap)
             // Kept a day past their window, for `status` and late readers.
@@ -286,7 +390,11 @@ impl TrafficStore for Coordination {
             .arg(windows.month_left.as_secs() + 86_400)
             .invoke_async(&mut c)
             .await?;
-        let spent = Spent { day: d, month: m };
+        let spent = Spent {
+            day: d,
+            month: m,
+            overrides: Overrides::from_raw(od, om),
+        };
         Ok(if taken == 1 {
             Spend::Taken(spent)
         } else {
@@ -297,15 +405,37 @@ impl TrafficStore for Coordination {
     async fn spent(&self, budget: &str, windows: &Windows) -> Result<Spent, Unavailable> {
         let (day, month) = self.budget_keys(budget, windows);
         let mut c = self.conn.clone();
-        let (d, m): (Option<u64>, Option<u64>) = redis::pipe()
-            .get(day)
-            .get(month)
-            .query_async(&mut c)
-            .await?;
+        let (d, m, (od, om)): (Option<u64>, Option<u64>, (Option<u64>, Option<u64>)) =
+            redis::pipe()
+                .get(day)
+                .get(month)
+                .cmd("HMGET")
+                .arg(self.caps_key(budget))
+                .arg("day")
+                .arg("month")
+                .query_async(&mut c)
+                .await?;
         Ok(Spent {
             day: d.unwrap_or(0),
             month: m.unwrap_or(0),
+            overrides: Overrides { day: od, month: om },
         })
+    }
+
+    async fn change_caps(
+        &self,
+        budget: &str,
+        day: CapChange,
+        month: CapChange,
+    ) -> Result<Overrides, Unavailable> {
+        let mut c = self.conn.clone();
+        let (od, om): (i64, i64) = redis::Script::new(CHANGE_CAPS)
+            .key(self.caps_key(budget))
+            .arg(day.arg())
+            .arg(month.arg())
+            .invoke_async(&mut c)
+            .await?;
+        Ok(Overrides::from_raw(od, om))
     }
 }
 

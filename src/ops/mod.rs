@@ -4,7 +4,8 @@
 //! for one job or a selection: `show` (what the results store knows),
 //! `resend` (stored results published again), `reverify` (a deliberate
 //! second vendor call) and `purge` (dead letters archived to S3, then
-//! removed).
+//! removed); `budget` (vendor spend budgets, and run-time overrides of
+//! their caps in the coordination store).
 //!
 //! They take the same configuration as `run`, so they find the broker, the
 //! prefixed names and S3 the way the worker does. Pieces shared here:
@@ -26,6 +27,7 @@
 //! replay or purge was interrupted.
 
 pub mod backfill;
+pub mod budget;
 pub mod enqueue;
 mod publish;
 pub mod purge;

@@ -8,7 +8,7 @@ use super::replay::read_dead_letter;
 use super::{peek, queue_info};
 use crate::broker::{self, Names};
 use crate::config::Config;
-use crate::coordination::{Coordination, Heartbeat, TrafficStore as _, Windows};
+use crate::coordination::{Coordination, Heartbeat, Spent, TrafficStore as _, Windows};
 use crate::domain::ProviderName;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -91,8 +91,13 @@ pub struct BudgetStatus {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
     pub day_used: u64,
-    /// 0: no daily budget.
+    /// The daily cap that applies (a run-time override, else the
+    /// configured one); 0: no daily budget.
     pub daily_budget: u64,
+    /// `traffic.<vendor>.daily_budget`.
+    pub daily_budget_config: u64,
+    /// Whether `daily_budget` is a run-time override (`budget set`).
+    pub daily_override: bool,
     /// What is left today; None without a daily budget.
     pub day_left: Option<u64>,
     /// `YYYY-MM`, UTC.
@@ -100,10 +105,65 @@ pub struct BudgetStatus {
     pub month_used: u64,
     /// 0: no monthly budget.
     pub monthly_budget: u64,
+    pub monthly_budget_config: u64,
+    pub monthly_override: bool,
     pub month_left: Option<u64>,
     /// Set when the coordination store could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl BudgetStatus {
+    /// Whether a window's cap is reached: the vendor's jobs park.
+    pub fn spent(&self) -> bool {
+        self.day_left == Some(0) || self.month_left == Some(0)
+    }
+}
+
+/// One vendor's budget as the store has it now: its counts, its overrides
+/// and the caps that apply.
+pub async fn budget_of(
+    cfg: &Config,
+    store: &Coordination,
+    v: ProviderName,
+    w: &Windows,
+) -> BudgetStatus {
+    let spent = store.spent(v.as_str(), w).await;
+    budget_status(cfg, v, w, spent.map_err(|e| e.to_string()))
+}
+
+/// A vendor's budget from what the store said (an error: the configured
+/// caps, no counts, and the error).
+fn budget_status(
+    cfg: &Config,
+    v: ProviderName,
+    w: &Windows,
+    spent: Result<Spent, String>,
+) -> BudgetStatus {
+    let c = cfg.traffic.vendor(v);
+    let (spent, error) = match spent {
+        Ok(s) => (s, None),
+        Err(e) => (Spent::default(), Some(e)),
+    };
+    let o = spent.overrides;
+    let (daily, monthly) = (o.day_cap(c.daily_budget), o.month_cap(c.monthly_budget));
+    let left = |cap: u64, used: u64| (cap > 0).then(|| cap.saturating_sub(used));
+    BudgetStatus {
+        vendor: v.as_str().into(),
+        day: w.day.clone(),
+        day_used: spent.day,
+        daily_budget: daily,
+        daily_budget_config: c.daily_budget,
+        daily_override: o.day.is_some(),
+        day_left: left(daily, spent.day),
+        month: w.month.clone(),
+        month_used: spent.month,
+        monthly_budget: monthly,
+        monthly_budget_config: c.monthly_budget,
+        monthly_override: o.month.is_some(),
+        month_left: left(monthly, spent.month),
+        error,
+    }
 }
 
 /// The spend budgets of the vendors that have one, read from the store.
@@ -115,32 +175,19 @@ async fn budgets(cfg: &Config) -> Vec<BudgetStatus> {
     if vendors.is_empty() || !cfg.coordination.enabled() {
         return Vec::new();
     }
-    let store = Coordination::connect(&cfg.coordination, &cfg.broker.prefix);
     let w = Windows::now();
     let mut out = Vec::new();
-    for v in vendors {
-        let c = cfg.traffic.vendor(v);
-        let spent = match &store {
-            Ok(store) => store.spent(v.as_str(), &w).await.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("{e:#}")),
-        };
-        let (day_used, month_used, error) = match spent {
-            Ok(s) => (s.day, s.month, None),
-            Err(e) => (0, 0, Some(e)),
-        };
-        let left = |cap: u64, used: u64| (cap > 0).then(|| cap.saturating_sub(used));
-        out.push(BudgetStatus {
-            vendor: v.as_str().into(),
-            day: w.day.clone(),
-            day_used,
-            daily_budget: c.daily_budget,
-            day_left: left(c.daily_budget, day_used),
-            month: w.month.clone(),
-            month_used,
-            monthly_budget: c.monthly_budget,
-            month_left: left(c.monthly_budget, month_used),
-            error,
-        });
+    match Coordination::connect(&cfg.coordination, &cfg.broker.prefix) {
+        Ok(store) => {
+            for v in vendors {
+                out.push(budget_of(cfg, &store, v, &w).await);
+            }
+        }
+        Err(e) => {
+            for v in vendors {
+                out.push(budget_status(cfg, v, &w, Err(format!("{e:#}"))));
+            }
+        }
     }
     out
 }
@@ -371,19 +418,57 @@ pub fn render(s: &Status) -> String {
     out
 }
 
+/// A budget window's cell: `812 / 20000 (19188)`, `84210 / -`, and for a
+/// run-time override `812 / 30000 (override; config 20000), 29188 left`.
+pub fn budget_cell(used: u64, cap: u64, left: Option<u64>, over: bool, config: u64) -> String {
+    let cap_text = |c: u64| {
+        if c > 0 { c.to_string() } else { "-".to_owned() }
+    };
+    let mut s = format!("{used} / {}", cap_text(cap));
+    if over {
+        s.push_str(&format!(" (override; config {})", cap_text(config)));
+        if let Some(l) = left {
+            s.push_str(&format!(", {l} left"));
+        }
+    } else if let Some(l) = left {
+        s.push_str(&format!(" ({l})"));
+    }
+    s
+}
+
 fn render_budgets(out: &mut String, budgets: &[BudgetStatus]) {
     if budgets.is_empty() {
         return;
     }
+    let cells: Vec<(String, String)> = budgets
+        .iter()
+        .map(|b| {
+            (
+                budget_cell(
+                    b.day_used,
+                    b.daily_budget,
+                    b.day_left,
+                    b.daily_override,
+                    b.daily_budget_config,
+                ),
+                budget_cell(
+                    b.month_used,
+                    b.monthly_budget,
+                    b.month_left,
+                    b.monthly_override,
+                    b.monthly_budget_config,
+                ),
+            )
+        })
+        .collect();
+    let head = "USED / BUDGET (LEFT)";
+    let dw = cells.iter().map(|c| c.0.len()).fold(head.len(), usize::max);
+    let mw = cells.iter().map(|c| c.1.len()).fold(head.len(), usize::max);
     out.push_str(&format!(
-        "\n{:<12}  {:<10}  {:>21}  {:<7}  {:>21}\n",
-        "BUDGET", "DAY (UTC)", "USED / BUDGET (LEFT)", "MONTH", "USED / BUDGET (LEFT)"
+        "\n{:<12}  {:<10}  {:>dw$}  {:<7}  {:>mw$}\n",
+        "BUDGET", "DAY (UTC)", head, "MONTH", head
     ));
-    let cell = |used: u64, cap: u64, left: Option<u64>| match left {
-        Some(l) => format!("{used} / {cap} ({l})"),
-        None => format!("{used} / -"),
-    };
-    for b in budgets {
+    for (b, (day, month)) in budgets.iter().zip(&cells) {
         if let Some(e) = &b.error {
             out.push_str(&format!(
                 "{:<12}  cannot read the coordination store: {e}\n",
@@ -392,14 +477,10 @@ fn render_budgets(out: &mut String, budgets: &[BudgetStatus]) {
             continue;
         }
         let mut line = format!(
-            "{:<12}  {:<10}  {:>21}  {:<7}  {:>21}",
-            b.vendor,
-            b.day,
-            cell(b.day_used, b.daily_budget, b.day_left),
-            b.month,
-            cell(b.month_used, b.monthly_budget, b.month_left),
+            "{:<12}  {:<10}  {day:>dw$}  {:<7}  {month:>mw$}",
+            b.vendor, b.day, b.month,
         );
-        if b.day_left == Some(0) || b.month_left == Some(0) {
+        if b.spent() {
             line.push_str("  SPENT: its jobs are parked");
         }
         out.push_str(&line);
@@ -586,22 +667,56 @@ mod tests {
                 }],
                 ..Default::default()
             }),
-            budgets: vec![BudgetStatus {
-                vendor: "didit".into(),
-                day: "2026-12-07".into(),
-                day_used: 1000,
-                daily_budget: 1000,
-                day_left: Some(0),
-                month: "2026-12".into(),
-                month_used: 5000,
-                monthly_budget: 0,
-                month_left: None,
-                error: None,
-            }],
+            budgets: vec![
+                BudgetStatus {
+                    vendor: "didit".into(),
+                    day: "2026-12-07".into(),
+                    day_used: 1000,
+                    daily_budget: 1000,
+                    daily_budget_config: 1000,
+                    daily_override: false,
+                    day_left: Some(0),
+                    month: "2026-12".into(),
+                    month_used: 5000,
+                    monthly_budget: 0,
+                    monthly_budget_config: 0,
+                    monthly_override: false,
+                    month_left: None,
+                    error: None,
+                },
+                BudgetStatus {
+                    vendor: "argos".into(),
+                    day: "2026-12-07".into(),
+                    day_used: 812,
+                    daily_budget: 20000,
+                    daily_budget_config: 10000,
+                    daily_override: true,
+                    day_left: Some(19188),
+                    month: "2026-12".into(),
+                    month_used: 5000,
+                    monthly_budget: 0,
+                    monthly_budget_config: 90000,
+                    monthly_override: true,
+                    month_left: None,
+                    error: None,
+                },
+            ],
         };
         let text = render(&s);
         assert!(
             text.contains("1000 / 1000 (0)") && text.contains("SPENT: its jobs are parked"),
+            "{text}"
+        );
+        assert!(
+            text.contains("812 / 20000 (override; config 10000), 19188 left")
+                && text.contains("5000 / - (override; config 90000)"),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.contains("SPENT: its jobs are parked"))
+                .count(),
+            1,
             "{text}"
         );
         assert!(text.contains("SAMPLE: the oldest 10 of 50"), "{text}");

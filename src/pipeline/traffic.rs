@@ -19,7 +19,8 @@ use super::failure::Failed;
 use crate::config::{TrafficConfig, VendorTraffic};
 use crate::coordination::traffic::gcra;
 use crate::coordination::{
-    RateSpec, Reservation, Spend, Spent, TrafficStore, Unavailable, VendorState, Windows,
+    CapChange, Overrides, RateSpec, Reservation, Spend, Spent, TrafficStore, Unavailable,
+    VendorState, Windows,
 };
 use crate::domain::ProviderName;
 use crate::providers::VendorError;
@@ -35,6 +36,13 @@ use tokio_util::sync::CancellationToken;
 /// A 429 without `Retry-After` or `X-RateLimit-Reset` holds the vendor
 /// back this long.
 const DEFAULT_BLOCK: Duration = Duration::from_secs(1);
+
+/// A replica that knows a vendor's budget is spent parks its jobs before
+/// fetching their images, but lets one through to ask the store this often:
+/// a budget raised at run time (`liveness-worker budget set`) is noticed
+/// within this long, at one store round trip (and one image fetch) per
+/// interval.
+pub const BUDGET_RECHECK: Duration = Duration::from_secs(5);
 
 pub struct Traffic {
     store: Arc<dyn TrafficStore>,
@@ -61,10 +69,13 @@ struct Lane {
 /// What this replica last learnt of a vendor's shared state.
 #[derive(Default)]
 struct Seen {
-    /// The budget windows and counts of the last spend.
+    /// The budget windows and counts (and overrides) of the last spend.
     windows: Option<Windows>,
     spent: Spent,
     exhausted: bool,
+    /// When the store last said the budget is spent, or a job was last let
+    /// through [`Traffic::early_park`] to ask it again.
+    asked: Option<Instant>,
     warned: Option<String>,
     blocked_until: Option<SystemTime>,
 }
@@ -176,24 +187,36 @@ impl Traffic {
 
     /// Parks a job before its image is fetched when its vendor's budget is
     /// known to be spent in the current windows (from this replica's last
-    /// spend: counts only grow, so nothing needs asking).
+    /// spend), asking nothing. Counts only grow, but a cap may be raised at
+    /// run time: one job every [`BUDGET_RECHECK`] goes on to spend, which
+    /// asks the store (and, when the budget was raised, lets the others
+    /// through again).
     pub fn early_park(&self, vendor: ProviderName) -> Option<Failed> {
         let lane = self.lanes.get(&vendor)?;
         if !lane.cfg.has_budget() {
             return None;
         }
-        let seen = lane.seen.lock().expect("traffic state");
+        let mut seen = lane.seen.lock().expect("traffic state");
         let now = Windows::now();
         let same = seen
             .windows
             .as_ref()
             .is_some_and(|w| w.day == now.day && w.month == now.month);
-        (same && seen.exhausted).then(|| {
-            self.metrics.vendor_throttled(vendor, "budget");
-            Failed::Park {
-                vendor,
-                reason: budget_reason(vendor, &lane.cfg, seen.spent, &now),
-            }
+        if !(same && seen.exhausted) {
+            return None;
+        }
+        let at = Instant::now();
+        if seen
+            .asked
+            .is_none_or(|t| at.saturating_duration_since(t) >= BUDGET_RECHECK)
+        {
+            seen.asked = Some(at);
+            return None;
+        }
+        self.metrics.vendor_throttled(vendor, "budget");
+        Some(Failed::Park {
+            vendor,
+            reason: budget_reason(vendor, &lane.cfg, seen.spent, &now),
         })
     }
 
@@ -325,33 +348,53 @@ impl Traffic {
             Spend::Exhausted(s) => (s, true),
         };
         let c = &lane.cfg;
-        self.metrics
-            .set_budget(vendor, "day", spent.day, c.daily_budget);
-        self.metrics
-            .set_budget(vendor, "month", spent.month, c.monthly_budget);
-        let over = |used: u64, cap: u64| cap > 0 && used as f64 >= c.budget_warning * cap as f64;
-        let warning = over(spent.day, c.daily_budget) || over(spent.month, c.monthly_budget);
-        self.metrics.set_budget_flags(vendor, warning, exhausted);
         let reason = budget_reason(vendor, c, spent, &windows);
-        {
-            let mut seen = lane.seen.lock().expect("traffic state");
-            let was_exhausted = seen.exhausted
-                && seen
-                    .windows
-                    .as_ref()
-                    .is_some_and(|w| w.day == windows.day && w.month == windows.month);
+        let mut seen = lane.seen.lock().expect("traffic state");
+        let same = seen
+            .windows
+            .as_ref()
+            .is_some_and(|w| w.day == windows.day && w.month == windows.month);
+        // Concurrent spends come back in any order: one that counted less
+        // than this replica already saw in these windows is older news, for
+        // the metrics and for what early_park knows.
+        let stale = same && (spent.day < seen.spent.day || spent.month < seen.spent.month);
+        if !stale {
+            // The caps that applied: a run-time override, else the configured.
+            let day_cap = spent.overrides.day_cap(c.daily_budget);
+            let month_cap = spent.overrides.month_cap(c.monthly_budget);
+            self.metrics.set_budget(vendor, "day", spent.day, day_cap);
+            self.metrics
+                .set_budget(vendor, "month", spent.month, month_cap);
+            let over =
+                |used: u64, cap: u64| cap > 0 && used as f64 >= c.budget_warning * cap as f64;
+            let warning = over(spent.day, day_cap) || over(spent.month, month_cap);
+            self.metrics.set_budget_flags(vendor, warning, exhausted);
+            let was_exhausted = same && seen.exhausted;
+            if seen.spent.overrides != spent.overrides {
+                tracing::info!(vendor = %vendor, daily_budget = day_cap, monthly_budget = month_cap,
+                    daily_override = spent.overrides.day.is_some(), monthly_override = spent.overrides.month.is_some(),
+                    "Vendor spend budget caps changed at run time (liveness-worker budget set or clear)");
+            }
             if warning && seen.warned.as_deref() != Some(windows.day.as_str()) {
                 seen.warned = Some(windows.day.clone());
-                tracing::warn!(vendor = %vendor, day = spent.day, daily_budget = c.daily_budget, month = spent.month, monthly_budget = c.monthly_budget,
+                tracing::warn!(vendor = %vendor, day = spent.day, daily_budget = day_cap, month = spent.month, monthly_budget = month_cap,
                     "Vendor spend budget passed its warning threshold (traffic.{vendor}.budget_warning)");
             }
             if exhausted && !was_exhausted {
                 tracing::error!(vendor = %vendor, "{reason}");
             }
+            if was_exhausted && !exhausted {
+                tracing::info!(vendor = %vendor, daily_budget = day_cap, monthly_budget = month_cap,
+                    "Vendor spend budget raised: its parked jobs go on");
+            }
+            if exhausted {
+                seen.asked = Some(Instant::now());
+            }
             seen.windows = Some(windows);
             seen.spent = spent;
             seen.exhausted = exhausted;
         }
+        drop(seen);
         if exhausted {
             self.metrics.vendor_throttled(vendor, "budget");
             return Err(Failed::Park { vendor, reason });
@@ -450,13 +493,16 @@ impl Traffic {
             }));
             if lane.cfg.has_budget() {
                 let w = seen.windows.clone().unwrap_or_else(Windows::now);
+                let o = seen.spent.overrides;
                 st.budget = Some(serde_json::json!({
                     "day": w.day,
                     "day_used": seen.spent.day,
-                    "daily_budget": lane.cfg.daily_budget,
+                    "daily_budget": o.day_cap(lane.cfg.daily_budget),
+                    "daily_override": o.day.is_some(),
                     "month": w.month,
                     "month_used": seen.spent.month,
-                    "monthly_budget": lane.cfg.monthly_budget,
+                    "monthly_budget": o.month_cap(lane.cfg.monthly_budget),
+                    "monthly_override": o.month.is_some(),
                     "exhausted": seen.exhausted,
                 }));
             }
@@ -479,30 +525,53 @@ fn throttled_reason(vendor: ProviderName, what: &str) -> String {
     )
 }
 
+/// Why a job of `vendor` parks on its spent budget, and how to raise it.
 fn budget_reason(vendor: ProviderName, c: &VendorTraffic, spent: Spent, w: &Windows) -> String {
-    let human =
-        |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
-    if c.daily_budget > 0 && spent.day >= c.daily_budget {
-        format!(
-            "{vendor}'s daily spend budget is spent ({} of traffic.{vendor}.daily_budget = {} submissions on {} UTC); \
-             its jobs wait on the ladder, without a dead letter or spending their retry budget, until the day turns (in {}) \
-             or the budget is raised (change it and restart the replicas)",
-            spent.day,
-            c.daily_budget,
-            w.day,
-            human(w.day_left)
+    let o = spent.overrides;
+    let day_cap = o.day_cap(c.daily_budget);
+    let daily = day_cap > 0 && spent.day >= day_cap;
+    let (window, unit, used, cap, over, configured, left) = if daily {
+        let d = c.daily_budget;
+        ("daily", "day", spent.day, day_cap, o.day, d, w.day_left)
+    } else {
+        let m = c.monthly_budget;
+        let cap = o.month_cap(m);
+        (
+            "monthly",
+            "month",
+            spent.month,
+            cap,
+            o.month,
+            m,
+            w.month_left,
+        )
+    };
+    let name = if daily {
+        format!("on {} UTC", w.day)
+    } else {
+        format!("in {} UTC", w.month)
+    };
+    let key = format!("traffic.{vendor}.{window}_budget");
+    let (source, otherwise) = if over.is_some() {
+        (
+            format!("a run-time override; {key} is {configured}"),
+            format!(
+                "; a change of {key} applies only once `liveness-worker budget clear {vendor} --{window}` removes the override)"
+            ),
         )
     } else {
-        format!(
-            "{vendor}'s monthly spend budget is spent ({} of traffic.{vendor}.monthly_budget = {} submissions in {} UTC); \
-             its jobs wait on the ladder, without a dead letter or spending their retry budget, until the month turns (in {}) \
-             or the budget is raised (change it and restart the replicas)",
-            spent.month,
-            c.monthly_budget,
-            w.month,
-            human(w.month_left)
+        (
+            key.clone(),
+            format!("), or a change of {key} and a restart of the replicas"),
         )
-    }
+    };
+    format!(
+        "{vendor}'s {window} spend budget is spent ({used} of {cap} submissions {name}, {source}); \
+         its jobs wait on the ladder, without a dead letter or spending their retry budget, until the {unit} turns (in {}) \
+         or the budget is raised: `liveness-worker budget set {vendor} --{window} N` (the replicas notice within {}{otherwise}",
+        humantime::format_duration(Duration::from_secs(left.as_secs())),
+        humantime::format_duration(BUDGET_RECHECK),
+    )
 }
 
 fn unavailable(vendor: ProviderName, e: &Unavailable) -> Failed {
@@ -519,13 +588,20 @@ fn unavailable(vendor: ProviderName, e: &Unavailable) -> Failed {
 }
 
 /// The traffic store of a replica without a coordination store: the same
-/// GCRA in process (on tokio's clock), blocks and budget counts of this
-/// replica only.
+/// GCRA in process (on tokio's clock), blocks, budget counts and
+/// overrides of this replica only.
 #[derive(Default)]
 pub struct LocalTraffic {
     state: Mutex<HashMap<ProviderName, LocalLane>>,
-    /// Counts per budget name, then per window.
-    budgets: Mutex<HashMap<String, HashMap<String, u64>>>,
+    /// By budget name.
+    budgets: Mutex<HashMap<String, LocalBudget>>,
+}
+
+#[derive(Default)]
+struct LocalBudget {
+    /// By window (`YYYY-MM-DD`, `YYYY-MM`).
+    counts: HashMap<String, u64>,
+    overrides: Overrides,
 }
 
 #[derive(Default)]
@@ -588,28 +664,49 @@ impl TrafficStore for LocalTraffic {
         month_cap: u64,
     ) -> Result<Spend, Unavailable> {
         let mut s = self.budgets.lock().expect("local traffic");
-        let l = s.entry(budget.to_owned()).or_default();
-        let day = l.get(&w.day).copied().unwrap_or(0);
-        let month = l.get(&w.month).copied().unwrap_or(0);
+        let b = s.entry(budget.to_owned()).or_default();
+        let overrides = b.overrides;
+        let (day_cap, month_cap) = (overrides.day_cap(day_cap), overrides.month_cap(month_cap));
+        let day = b.counts.get(&w.day).copied().unwrap_or(0);
+        let month = b.counts.get(&w.month).copied().unwrap_or(0);
         if (day_cap > 0 && day >= day_cap) || (month_cap > 0 && month >= month_cap) {
-            return Ok(Spend::Exhausted(Spent { day, month }));
+            return Ok(Spend::Exhausted(Spent {
+                day,
+                month,
+                overrides,
+            }));
         }
-        l.insert(w.day.clone(), day + 1);
-        l.insert(w.month.clone(), month + 1);
+        b.counts.insert(w.day.clone(), day + 1);
+        b.counts.insert(w.month.clone(), month + 1);
         Ok(Spend::Taken(Spent {
             day: day + 1,
             month: month + 1,
+            overrides,
         }))
     }
 
     async fn spent(&self, budget: &str, w: &Windows) -> Result<Spent, Unavailable> {
         let s = self.budgets.lock().expect("local traffic");
-        let l = s.get(budget);
-        let get = |k: &str| l.and_then(|l| l.get(k).copied()).unwrap_or(0);
+        let b = s.get(budget);
+        let get = |k: &str| b.and_then(|b| b.counts.get(k).copied()).unwrap_or(0);
         Ok(Spent {
             day: get(&w.day),
             month: get(&w.month),
+            overrides: b.map(|b| b.overrides).unwrap_or_default(),
         })
+    }
+
+    async fn change_caps(
+        &self,
+        budget: &str,
+        day: CapChange,
+        month: CapChange,
+    ) -> Result<Overrides, Unavailable> {
+        let mut s = self.budgets.lock().expect("local traffic");
+        let o = &mut s.entry(budget.to_owned()).or_default().overrides;
+        o.day = day.apply(o.day);
+        o.month = month.apply(o.month);
+        Ok(*o)
     }
 }
 
@@ -727,6 +824,244 @@ mod tests {
         );
         assert!(
             m.contains(r#"liveness_vendor_budget_exhausted{vendor="argos"} 1"#),
+            "{m}"
+        );
+    }
+
+    fn taken(s: Spend) -> Option<Spent> {
+        match s {
+            Spend::Taken(s) => Some(s),
+            Spend::Exhausted(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_local_store_applies_overrides_until_cleared() {
+        let s = LocalTraffic::default();
+        let w = Windows::now();
+        // Configured: 2 a day, no monthly cap.
+        for _ in 0..2 {
+            assert!(taken(s.spend("argos", &w, 2, 0).await.unwrap()).is_some());
+        }
+        let Spend::Exhausted(spent) = s.spend("argos", &w, 2, 0).await.unwrap() else {
+            panic!("spent")
+        };
+        assert_eq!((spent.day, spent.overrides), (2, Overrides::default()));
+        // Raised to 3: one more, then spent again; the override is reported.
+        let o = s
+            .change_caps("argos", CapChange::Set(3), CapChange::Keep)
+            .await
+            .unwrap();
+        assert_eq!((o.day, o.month), (Some(3), None));
+        let spent = taken(s.spend("argos", &w, 2, 0).await.unwrap()).expect("raised");
+        assert_eq!((spent.day, spent.overrides.day), (3, Some(3)));
+        assert!(taken(s.spend("argos", &w, 2, 0).await.unwrap()).is_none());
+        // 0: no cap, not "clear".
+        s.change_caps("argos", CapChange::Set(0), CapChange::Keep)
+            .await
+            .unwrap();
+        let spent = taken(s.spend("argos", &w, 2, 0).await.unwrap()).expect("no cap");
+        assert_eq!((spent.day, spent.overrides.day), (4, Some(0)));
+        // A monthly override binds too, and keeps the daily one.
+        let o = s
+            .change_caps("argos", CapChange::Keep, CapChange::Set(4))
+            .await
+            .unwrap();
+        assert_eq!((o.day, o.month), (Some(0), Some(4)));
+        let Spend::Exhausted(spent) = s.spend("argos", &w, 2, 0).await.unwrap() else {
+            panic!("the month is spent")
+        };
+        assert_eq!(spent.month, 4);
+        // Cleared: the configured caps apply again.
+        s.change_caps("argos", CapChange::Clear, CapChange::Clear)
+            .await
+            .unwrap();
+        let Spend::Exhausted(spent) = s.spend("argos", &w, 2, 0).await.unwrap() else {
+            panic!("the configured daily cap")
+        };
+        assert!(spent.overrides.is_empty());
+        let read = s.spent("argos", &w).await.unwrap();
+        assert_eq!(
+            (read.day, read.month, read.overrides),
+            (4, 4, Overrides::default())
+        );
+        // Another budget name is another budget.
+        assert_eq!(s.spent("shadow-argos", &w).await.unwrap(), Spent::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_raised_at_run_time_is_noticed_within_the_recheck() {
+        let cfg = Config::from_toml(
+            "[coordination]\nredis_url = \"redis://x\"\n[traffic.argos]\ndaily_budget = 2",
+        )
+        .unwrap();
+        let store = Arc::new(LocalTraffic::default());
+        let t = Traffic::new(
+            &cfg.traffic,
+            32,
+            [ProviderName::Argos],
+            Some(store.clone()),
+            Arc::new(Metrics::new()),
+        );
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let argos = ProviderName::Argos;
+        t.admit(argos, deadline, &stop).await.unwrap();
+        t.admit(argos, deadline, &stop).await.unwrap();
+        let Err(Failed::Park { reason, .. }) = t.admit(argos, deadline, &stop).await else {
+            panic!("expected to park")
+        };
+        assert!(
+            reason.contains("(2 of 2 submissions on ")
+                && reason.contains("traffic.argos.daily_budget);")
+                && reason.contains("`liveness-worker budget set argos --daily N`")
+                && reason.contains("or a change of traffic.argos.daily_budget and a restart"),
+            "{reason}"
+        );
+        assert!(t.early_park(argos).is_some());
+        // Raised: not asked before the recheck is due...
+        store
+            .change_caps("argos", CapChange::Set(4), CapChange::Keep)
+            .await
+            .unwrap();
+        tokio::time::advance(BUDGET_RECHECK - Duration::from_millis(10)).await;
+        assert!(t.early_park(argos).is_some());
+        // ...then one job goes on to ask, the others still park meanwhile.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(t.early_park(argos).is_none());
+        assert!(t.early_park(argos).is_some());
+        t.admit(argos, deadline, &stop).await.unwrap();
+        // Known raised: nobody parks early any more.
+        assert!(t.early_park(argos).is_none());
+        let m = t.metrics.encode();
+        assert!(
+            m.contains(r#"liveness_vendor_budget_remaining{vendor="argos",window="day"} 1"#)
+                && m.contains(r#"liveness_vendor_budget_exhausted{vendor="argos"} 0"#),
+            "{m}"
+        );
+        let mut states = [VendorState {
+            vendor: "argos".into(),
+            in_flight: 0,
+            paused: false,
+            paused_reason: None,
+            breaker_open: false,
+            latency_ms_p50: None,
+            latency_ms_p95: None,
+            limit: None,
+            budget: None,
+        }];
+        t.describe(&mut states);
+        let b = states[0].budget.clone().unwrap();
+        assert_eq!(
+            (&b["daily_budget"], &b["daily_override"], &b["day_used"]),
+            (
+                &serde_json::json!(4),
+                &serde_json::json!(true),
+                &serde_json::json!(3)
+            ),
+            "{b}"
+        );
+        t.admit(argos, deadline, &stop).await.unwrap();
+        // Spent again under the override: the message says how it came.
+        let Err(Failed::Park { reason, .. }) = t.admit(argos, deadline, &stop).await else {
+            panic!("expected to park")
+        };
+        assert!(
+            reason.contains("(4 of 4 submissions on ")
+                && reason.contains("a run-time override; traffic.argos.daily_budget is 2")
+                && reason.contains("`liveness-worker budget clear argos --daily`"),
+            "{reason}"
+        );
+        // Lowered below the use: the next job that asks parks.
+        store
+            .change_caps("argos", CapChange::Clear, CapChange::Keep)
+            .await
+            .unwrap();
+        tokio::time::advance(BUDGET_RECHECK).await;
+        assert!(t.early_park(argos).is_none());
+        assert!(t.admit(argos, deadline, &stop).await.is_err());
+        assert!(t.early_park(argos).is_some());
+    }
+
+    /// A store whose spends answer from a script, in the order given: as
+    /// concurrent spends may come back in any order.
+    struct Scripted {
+        local: LocalTraffic,
+        spends: Mutex<Vec<Spend>>,
+    }
+
+    #[async_trait]
+    impl TrafficStore for Scripted {
+        async fn reserve(
+            &self,
+            vendor: ProviderName,
+            rate: RateSpec,
+            max_wait: Duration,
+        ) -> Result<Reservation, Unavailable> {
+            self.local.reserve(vendor, rate, max_wait).await
+        }
+        async fn block(
+            &self,
+            vendor: ProviderName,
+            wait: Duration,
+        ) -> Result<Duration, Unavailable> {
+            self.local.block(vendor, wait).await
+        }
+        async fn spend(&self, _: &str, _: &Windows, _: u64, _: u64) -> Result<Spend, Unavailable> {
+            Ok(self.spends.lock().unwrap().remove(0))
+        }
+        async fn spent(&self, budget: &str, w: &Windows) -> Result<Spent, Unavailable> {
+            self.local.spent(budget, w).await
+        }
+        async fn change_caps(
+            &self,
+            budget: &str,
+            day: CapChange,
+            month: CapChange,
+        ) -> Result<Overrides, Unavailable> {
+            self.local.change_caps(budget, day, month).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spend_that_comes_back_late_does_not_turn_the_counts_back() {
+        let cfg = Config::from_toml(
+            "[coordination]\nredis_url = \"redis://x\"\n[traffic.argos]\ndaily_budget = 20",
+        )
+        .unwrap();
+        let at = |day: u64| Spent {
+            day,
+            month: day,
+            overrides: Overrides::default(),
+        };
+        let store = Scripted {
+            local: LocalTraffic::default(),
+            // The 8th unit's answer first, then the 7th's; then the cap,
+            // reached before a raise, after the raise was seen.
+            spends: Mutex::new(vec![
+                Spend::Taken(at(8)),
+                Spend::Taken(at(7)),
+                Spend::Exhausted(at(7)),
+            ]),
+        };
+        let t = Traffic::new(
+            &cfg.traffic,
+            32,
+            [ProviderName::Argos],
+            Some(Arc::new(store)),
+            Arc::new(Metrics::new()),
+        );
+        let stop = CancellationToken::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        // That job itself parks on its answer, but the replica keeps what it knew.
+        assert!(t.admit(ProviderName::Argos, deadline, &stop).await.is_err());
+        assert!(t.early_park(ProviderName::Argos).is_none());
+        let m = t.metrics.encode();
+        assert!(
+            m.contains(r#"liveness_vendor_budget_remaining{vendor="argos",window="day"} 12"#)
+                && m.contains(r#"liveness_vendor_budget_exhausted{vendor="argos"} 0"#),
             "{m}"
         );
     }

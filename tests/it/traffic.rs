@@ -1,13 +1,15 @@
 //! Vendor traffic control (docs/traffic.md) on the real services: the
 //! GCRA, block and budget scripts on Redis; two replicas sharing one rate
 //! limit; a store-less replica taking its share; a spent budget parking
-//! jobs, none dead-lettered, until it is raised.
+//! jobs, none dead-lettered, until it is raised (by a restart, or at run
+//! time by `liveness-worker budget set`, whose overrides the spend script
+//! reads).
 
 use crate::harness::{TestEnv, env, unique, wait_for};
 use crate::telemetry::series;
 use liveness_worker::config::Config;
 use liveness_worker::coordination::{
-    Coordination, RateSpec, Reservation, Spend, TrafficStore as _, Windows,
+    CapChange, Coordination, Overrides, RateSpec, Reservation, Spend, TrafficStore as _, Windows,
 };
 use liveness_worker::domain::ProviderName;
 use liveness_worker::samples;
@@ -105,6 +107,97 @@ async fn the_redis_limiter_spaces_reservations_blocks_and_counts_budgets() {
     ));
     assert_eq!(s.spent("argos", &w).await.unwrap().month, 3);
     assert_eq!(s.spent("didit", &w).await.unwrap().day, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_overrides_in_redis_replace_the_configured_caps_until_cleared() {
+    let s = store("caps");
+    let w = Windows::now();
+    let spend = async |w: &Windows| s.spend("argos", w, 2, 0).await.unwrap();
+    // Configured: 2 a day, no monthly cap.
+    for n in 1..=2 {
+        let Spend::Taken(spent) = spend(&w).await else {
+            panic!("budget left")
+        };
+        assert_eq!((spent.day, spent.overrides), (n, Overrides::default()));
+    }
+    assert!(matches!(spend(&w).await, Spend::Exhausted(_)));
+    // Raised to 3: one more unit, then spent again; the override is reported.
+    let o = s
+        .change_caps("argos", CapChange::Set(3), CapChange::Keep)
+        .await
+        .unwrap();
+    assert_eq!(
+        o,
+        Overrides {
+            day: Some(3),
+            month: None
+        }
+    );
+    let Spend::Taken(spent) = spend(&w).await else {
+        panic!("raised")
+    };
+    assert_eq!((spent.day, spent.overrides.day), (3, Some(3)));
+    let Spend::Exhausted(spent) = spend(&w).await else {
+        panic!("spent under the override")
+    };
+    assert_eq!((spent.day, spent.overrides.day), (3, Some(3)));
+    // 0 is "no cap", and is not the same as clearing.
+    s.change_caps("argos", CapChange::Set(0), CapChange::Keep)
+        .await
+        .unwrap();
+    for n in 4..=6 {
+        let Spend::Taken(spent) = spend(&w).await else {
+            panic!("no cap")
+        };
+        assert_eq!((spent.day, spent.overrides.day), (n, Some(0)));
+    }
+    assert_eq!(
+        s.spent("argos", &w).await.unwrap().overrides.day,
+        Some(0),
+        "read back by spent"
+    );
+    // A monthly override binds too and keeps the daily one.
+    let o = s
+        .change_caps("argos", CapChange::Keep, CapChange::Set(6))
+        .await
+        .unwrap();
+    assert_eq!((o.day, o.month), (Some(0), Some(6)));
+    let Spend::Exhausted(spent) = spend(&w).await else {
+        panic!("the month is spent")
+    };
+    assert_eq!((spent.month, spent.overrides.month), (6, Some(6)));
+    // Overrides have no window: another day (the month's count is another
+    // month's too) finds them.
+    let later = Windows::at(std::time::SystemTime::now() + Duration::from_secs(40 * 86_400));
+    let Spend::Taken(spent) = spend(&later).await else {
+        panic!("a new month")
+    };
+    assert_eq!((spent.day, spent.overrides), (1, o));
+    // Cleared: the configured caps apply again.
+    let o = s
+        .change_caps("argos", CapChange::Clear, CapChange::Clear)
+        .await
+        .unwrap();
+    assert!(o.is_empty());
+    let Spend::Exhausted(spent) = spend(&w).await else {
+        panic!("the configured cap")
+    };
+    assert_eq!((spent.day, spent.overrides), (6, Overrides::default()));
+    let read = s.spent("argos", &w).await.unwrap();
+    assert_eq!((read.day, read.month, read.overrides), (6, 6, o));
+    // Clearing what is not set changes nothing; another name is another budget.
+    assert!(
+        s.change_caps("argos", CapChange::Clear, CapChange::Keep)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.change_caps("shadow-argos", CapChange::Set(1), CapChange::Keep)
+        .await
+        .unwrap();
+    assert!(s.spent("argos", &w).await.unwrap().overrides.is_empty());
+    assert_eq!(s.spent("shadow-argos", &w).await.unwrap().day, 0);
 }
 
 /// A second worker on the same configuration (its own telemetry).
@@ -277,6 +370,161 @@ async fn a_spent_budget_parks_jobs_until_it_is_raised() {
     }
     assert_eq!(t.calls().await["argos"]["submissions"], jobs);
     assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    t.finish().await;
+}
+
+/// `liveness-worker budget ...`, the real binary on the worker's broker
+/// prefix, Redis and budget configuration.
+async fn budget_cmd(t: &TestEnv, args: &[&str]) -> (i32, String, String) {
+    let mut c = crate::ops::bin(t);
+    c.env(
+        "LIVENESS_COORDINATION__REDIS_URL",
+        env("LIVENESS_TEST_REDIS_URL"),
+    )
+    .env(
+        "LIVENESS_TRAFFIC__ARGOS__DAILY_BUDGET",
+        t.cfg.traffic.argos.daily_budget.to_string(),
+    )
+    .stdin(std::process::Stdio::null())
+    .arg("budget")
+    .args(args);
+    let out = tokio::time::timeout(Duration::from_secs(60), c.output())
+        .await
+        .expect("command finishes")
+        .unwrap();
+    let text = crate::ops::text;
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+fn parked(metrics: &str) -> f64 {
+    series(
+        metrics,
+        "liveness_vendor_throttled_total{vendor=\"argos\",reason=\"budget\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_raised_by_the_command_drains_the_parked_jobs_without_a_restart() {
+    let t = TestEnv::start("budget-cmd", "[traffic.argos]\ndaily_budget = 3").await;
+    let jobs = 8;
+    publish_face_jobs(&t, "bcmd", jobs).await;
+    assert_eq!(t.results(3).await.len(), 3);
+    wait_for("the other jobs parked a few times", 30, async || {
+        parked(&t.probe("/metrics").await.1) >= 10.0
+    })
+    .await;
+    assert_eq!(t.calls().await["argos"]["submissions"], 3);
+
+    // Refused, saying what to do, and nothing changed.
+    let (code, _, err) = budget_cmd(&t, &["set", "argos"]).await;
+    assert!(
+        code == 2 && err.contains("give --daily N and/or --monthly N"),
+        "{err}"
+    );
+    let (code, _, err) = budget_cmd(&t, &["set", "argoss", "--daily", "9"]).await;
+    assert!(
+        code == 2 && err.contains("unknown vendor \"argoss\""),
+        "{err}"
+    );
+    let (code, _, err) = budget_cmd(&t, &["set", "didit", "--daily", "9"]).await;
+    assert!(
+        code == 2 && err.contains("didit has no spend budget"),
+        "{err}"
+    );
+    let (code, _, err) = budget_cmd(&t, &["clear", "argos"]).await;
+    assert!(
+        code == 2 && err.contains("give --daily and/or --monthly"),
+        "{err}"
+    );
+    let no_store = crate::ops::bin(&t)
+        .args(["budget", "show"])
+        .output()
+        .await
+        .unwrap();
+    let err = crate::ops::text(&no_store.stderr);
+    assert!(
+        no_store.status.code() == Some(2) && err.contains("coordination.redis_url is empty"),
+        "{err}"
+    );
+    let s = liveness_worker::ops::status::status(&t.cfg, 0)
+        .await
+        .unwrap();
+    assert!(!s.budgets[0].daily_override, "{s:?}");
+
+    // Raised at run time: the worker, still running, serves the parked jobs.
+    let (code, out, err) = budget_cmd(&t, &["set", "argos", "--daily", "20"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("3 / 20 (override; config 3), 17 left")
+            && out.contains("ask the store again within 5s"),
+        "{out}"
+    );
+    let rest = t.results(5).await;
+    assert_eq!(rest.len(), 5);
+    for (_, _, r) in rest.values() {
+        assert_eq!(r["attempts"], 1, "parking spent no attempt: {r}");
+    }
+    assert_eq!(t.calls().await["argos"]["submissions"], jobs);
+    assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    // `status` and the metrics show the cap that applies.
+    let s = liveness_worker::ops::status::status(&t.cfg, 0)
+        .await
+        .unwrap();
+    let b = &s.budgets[0];
+    assert_eq!(
+        (
+            b.daily_budget,
+            b.daily_budget_config,
+            b.daily_override,
+            b.day_used,
+            b.day_left
+        ),
+        (20, 3, true, jobs, Some(12)),
+        "{b:?}"
+    );
+    assert!(
+        liveness_worker::ops::status::render(&s).contains("8 / 20 (override; config 3), 12 left"),
+        "{s:?}"
+    );
+    let m = t.probe("/metrics").await.1;
+    assert_eq!(
+        series(
+            &m,
+            "liveness_vendor_budget_remaining{vendor=\"argos\",window=\"day\"}"
+        ),
+        Some(12.0),
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "liveness_vendor_budget_exhausted{vendor=\"argos\"}"),
+        Some(0.0)
+    );
+
+    // Cleared: the configured 3 applies again, already spent; a new job parks.
+    let (code, out, err) = budget_cmd(&t, &["clear", "argos", "--daily"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("8 / 3 (0)") && out.contains("SPENT: its jobs are parked"),
+        "{out}"
+    );
+    let before = parked(&t.probe("/metrics").await.1);
+    publish_face_jobs(&t, "bcmd-late", 1).await;
+    wait_for("the late job to park", 30, async || {
+        parked(&t.probe("/metrics").await.1) >= before + 3.0
+    })
+    .await;
+    assert_eq!(t.calls().await["argos"]["submissions"], jobs);
+    let (code, out, err) = budget_cmd(&t, &["show", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown[0]["vendor"], "argos", "{shown}");
+    assert_eq!(shown[0]["daily_override"], false, "{shown}");
+    assert_eq!(shown[0]["day_used"], jobs, "{shown}");
     t.finish().await;
 }
 
