@@ -649,7 +649,7 @@ def render_traffic(t):
                    f"{b['parked']:,} (parked {b['parks']:,} times), {b['dead']} | exactly "
                    f"{b['budget']:,}, –, {b['jobs'] - b['budget']:,}, 0 | {verdict(ok)} |")
         ok2 = b["drained_results"] == b["jobs"] and b["dead_after"] == 0
-        out.append(f"| budget raised to {b['raised_to']:,} (restart): results, submissions in all, "
+        out.append(f"| budget raised to {b['raised_to']:,} (`liveness-worker budget set`, no restart): results, submissions in all, "
                    f"dead letters | {b['drained_results']:,}, {b['submissions_after']:,}, "
                    f"{b['dead_after']} in {b['drain_seconds']:.0f} s | {b['jobs']:,}, "
                    f"{b['jobs']:,}, 0 | {verdict(ok2)} |")
@@ -1430,12 +1430,15 @@ def traffic_scenario(b, short):
     results = b.depth(names["results_queue"])[0]
     parks = sum(metric_sum(p, 'liveness_vendor_throttled_total{vendor="argos",reason="budget"}')
                 for p in x["ports"])
-    stop(x["procs"])
+    procs = x["procs"]
     sub_mid, _ = b.vendor_calls()
     dead = b.depth(names["dead_queue"])[0]
+    # Raised at run time, the replicas still running (they notice within 5 s).
     t0 = time.monotonic()
     raised = 100 * budget
-    procs, _ = start(prefix, dict(park, LIVENESS_TRAFFIC__ARGOS__DAILY_BUDGET=str(raised)))
+    env = dict(b.worker_env(prefix, conc, True), LIVENESS_COORDINATION__REDIS_URL=redis, **park)
+    subprocess.run([b.a.worker_bin, "budget", "set", "argos", "--daily", str(raised)],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + b.a.run_timeout
     while b.depth(names["results_queue"])[0] < bjobs and time.monotonic() < deadline:
         time.sleep(0.2)
