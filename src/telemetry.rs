@@ -159,15 +159,18 @@ pub enum PublishTarget {
     Retry,
     CallbackWait,
     Shadow,
+    /// A vendor's wait queue.
+    Wait,
 }
 
 impl PublishTarget {
-    pub const ALL: [PublishTarget; 5] = [
+    pub const ALL: [PublishTarget; 6] = [
         PublishTarget::Results,
         PublishTarget::Dead,
         PublishTarget::Retry,
         PublishTarget::CallbackWait,
         PublishTarget::Shadow,
+        PublishTarget::Wait,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -177,6 +180,7 @@ impl PublishTarget {
             PublishTarget::Retry => "retry",
             PublishTarget::CallbackWait => "callback_wait",
             PublishTarget::Shadow => "shadow",
+            PublishTarget::Wait => "wait",
         }
     }
 }
@@ -264,6 +268,7 @@ struct TrafficMetrics {
     decreases: Family<VendorReason, Counter>,
     waits: Family<VendorLabels, Histogram>,
     throttled: Family<VendorReason, Counter>,
+    waitlisted: Family<VendorLabels, Counter>,
     blocks: Family<VendorLabels, Counter>,
     rate: Family<VendorLabels, FloatGauge>,
     budget_used: Family<VendorWindow, Gauge>,
@@ -316,6 +321,7 @@ impl TrafficMetrics {
             decreases: Family::default(),
             waits: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             throttled: Family::default(),
+            waitlisted: Family::default(),
             blocks: Family::default(),
             rate: Family::default(),
             budget_used: Family::default(),
@@ -376,8 +382,13 @@ impl TrafficMetrics {
         );
         registry.register(
             "vendor_throttled",
-            "Jobs parked on the ladder instead of calling a vendor, by reason (rate, concurrency, waiting_share, budget)",
+            "Jobs parked on the ladder instead of calling a vendor, by reason (rate, concurrency, budget)",
             t.throttled.clone(),
+        );
+        registry.register(
+            "vendor_waitlisted",
+            "Jobs moved from the jobs queue to their vendor's wait queue because the vendor could not take them at once (no vendor call, no attempt)",
+            t.waitlisted.clone(),
         );
         registry.register(
             "vendor_rate_limited_blocks",
@@ -879,6 +890,16 @@ impl Metrics {
             .get_or_create(&VendorReason {
                 vendor: vendor.as_str(),
                 reason,
+            })
+            .inc();
+    }
+
+    /// A job moved to its vendor's wait queue (its publish confirmed).
+    pub fn vendor_waitlisted(&self, vendor: ProviderName) {
+        self.traffic
+            .waitlisted
+            .get_or_create(&VendorLabels {
+                vendor: vendor.as_str(),
             })
             .inc();
     }

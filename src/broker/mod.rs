@@ -10,10 +10,12 @@ mod topology;
 
 pub use publish::{PublishError, json_props, publish_confirmed};
 pub use topology::{
-    TopologyConflict, declare_callback_wait, declare_shadow, declare_topology, jobs_queue_args,
+    TopologyConflict, declare_callback_wait, declare_shadow, declare_topology, declare_wait_queues,
+    jobs_queue_args,
 };
 
 use crate::config::BrokerConfig;
+use crate::domain::ProviderName;
 use anyhow::Context as _;
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::LongString;
@@ -40,6 +42,8 @@ pub struct Names {
     pub retry_queues: Vec<(String, Duration)>,
     /// Where Argos callback-mode jobs wait for their callback.
     pub callback_wait_queue: String,
+    /// Where the jobs of a vendor at its limit wait, per vendor.
+    pub wait_queues: Vec<(ProviderName, String)>,
 }
 
 impl Names {
@@ -59,7 +63,20 @@ impl Names {
                 .map(|i| (c.retry_queue(i), c.retry_delays[i]))
                 .collect(),
             callback_wait_queue: c.name(&c.callback_wait_queue),
+            wait_queues: ProviderName::ALL
+                .into_iter()
+                .map(|v| (v, c.wait_queue(v)))
+                .collect(),
         }
+    }
+
+    /// The wait queue of `vendor`.
+    pub fn wait_queue(&self, vendor: ProviderName) -> &str {
+        self.wait_queues
+            .iter()
+            .find(|(v, _)| *v == vendor)
+            .map(|(_, q)| q.as_str())
+            .expect("every vendor has a wait queue name")
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::Names;
 use crate::config::BrokerConfig;
+use crate::domain::ProviderName;
 use anyhow::Context as _;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -196,6 +197,36 @@ pub async fn declare_callback_wait(
     .await
     .map_err(|e| declare_error("queue", &n.callback_wait_queue, e))?;
     let _ = ch.close(200, "callback wait queue declared".into()).await;
+    Ok(())
+}
+
+/// The wait queues of `vendors` (those with a rate limit or adaptive
+/// concurrency): quorum, with the jobs queue's delivery limit and
+/// dead-lettering into the poison queue, no TTL (call after
+/// [`declare_topology`]).
+pub async fn declare_wait_queues(
+    conn: &Connection,
+    c: &BrokerConfig,
+    vendors: &[ProviderName],
+) -> anyhow::Result<()> {
+    if vendors.is_empty() {
+        return Ok(());
+    }
+    let ch = conn
+        .create_channel()
+        .await
+        .context("cannot open a RabbitMQ channel")?;
+    for v in vendors {
+        let name = c.wait_queue(*v);
+        ch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::durable(),
+            jobs_queue_args(c),
+        )
+        .await
+        .map_err(|e| declare_error("queue", &name, e))?;
+    }
+    let _ = ch.close(200, "wait queues declared".into()).await;
     Ok(())
 }
 

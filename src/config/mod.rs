@@ -89,6 +89,8 @@ pub struct BrokerConfig {
     pub poison_queue: String,
     pub retry_queue_prefix: String,
     pub callback_wait_queue: String,
+    /// Prefix of the per-vendor wait queues, `<prefix>.<vendor>`.
+    pub wait_queue_prefix: String,
     #[serde(deserialize_with = "de::durations")]
     pub retry_delays: Vec<Duration>,
     pub poison_threshold: NonZeroU32,
@@ -131,6 +133,11 @@ impl BrokerConfig {
         self.name(&format!("{}.{d}", self.retry_queue_prefix))
     }
 
+    /// The wait queue of a vendor at its limit, e.g. `liveness.wait.argos`.
+    pub fn wait_queue(&self, vendor: ProviderName) -> String {
+        self.name(&format!("{}.{vendor}", self.wait_queue_prefix))
+    }
+
     fn validate(&self, p: &mut Problems) {
         let scheme = Url::parse(self.url.expose()).map(|u| u.scheme().to_owned());
         // The URL holds the password: never echo it.
@@ -171,6 +178,7 @@ impl BrokerConfig {
             ("broker.poison_queue", &self.poison_queue),
             ("broker.retry_queue_prefix", &self.retry_queue_prefix),
             ("broker.callback_wait_queue", &self.callback_wait_queue),
+            ("broker.wait_queue_prefix", &self.wait_queue_prefix),
         ] {
             p.check(!v.is_empty(), || format!("{key} must not be empty"));
         }
@@ -1101,7 +1109,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         for k in [
-            "traffic.waiting_share",
+            "traffic.waiting_share is retired",
             "traffic.max_wait",
             "traffic.argos.burst",
             "traffic.argos.concurrency_*",

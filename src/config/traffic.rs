@@ -16,9 +16,13 @@ pub struct TrafficConfig {
     /// a concurrency slot) before it parks on the ladder instead.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
-    /// Share of `worker.concurrency` that jobs waiting for one vendor may
-    /// hold in a replica; more of them park at once.
-    pub waiting_share: f64,
+    /// Deliveries each replica holds from each vendor's wait queue
+    /// (`liveness.wait.<vendor>`) while they wait for the vendor's
+    /// admission; 0: `worker.concurrency`.
+    pub waiting_room: u16,
+    /// Retired: refused at start with what replaced it (the wait queues).
+    #[serde(default)]
+    pub waiting_share: Option<f64>,
     pub argos: VendorTraffic,
     pub intellicheck: VendorTraffic,
     pub didit: VendorTraffic,
@@ -51,6 +55,12 @@ pub struct VendorTraffic {
 impl VendorTraffic {
     pub fn has_budget(&self) -> bool {
         self.daily_budget > 0 || self.monthly_budget > 0
+    }
+
+    /// Whether a job of this vendor may have to wait for it (a rate limit
+    /// or adaptive concurrency): such jobs wait in the vendor's wait queue.
+    pub fn waits(&self) -> bool {
+        self.rate.is_limited() || self.concurrency_max > 0
     }
 
     /// Whether any limit applies to this vendor.
@@ -116,6 +126,15 @@ impl TrafficConfig {
         }
     }
 
+    /// Vendors whose jobs wait in a wait queue: a rate limit or adaptive
+    /// concurrency (a budget alone parks on the ladder).
+    pub fn waiting_vendors(&self) -> Vec<ProviderName> {
+        ProviderName::ALL
+            .into_iter()
+            .filter(|v| self.vendor(*v).waits())
+            .collect()
+    }
+
     /// Whether any vendor has a spend budget.
     pub fn any_budget(&self) -> bool {
         ProviderName::ALL
@@ -128,15 +147,13 @@ impl TrafficConfig {
             self.max_wait >= Duration::from_millis(10) && self.max_wait <= Duration::from_secs(600),
             || "traffic.max_wait must be 10ms-10m".into(),
         );
-        p.check(
-            self.waiting_share > 0.0 && self.waiting_share <= 1.0,
-            || {
-                format!(
-                    "traffic.waiting_share must be within (0, 1], got {}",
-                    self.waiting_share
-                )
-            },
-        );
+        p.check(self.waiting_share.is_none(), || {
+            "traffic.waiting_share is retired: a job whose vendor is at its rate or concurrency limit now moves to \
+             the vendor's wait queue (broker.wait_queue_prefix, e.g. liveness.wait.argos) and waits there, holding \
+             none of worker.concurrency; traffic.waiting_room bounds the deliveries waiting per vendor. \
+             Remove the setting (docs/traffic.md)"
+                .into()
+        });
         for v in ProviderName::ALL {
             self.vendor(v).validate(v, p);
         }

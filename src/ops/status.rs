@@ -28,7 +28,8 @@ pub struct StatusArgs {
 /// One queue's figures.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QueueStatus {
-    /// jobs, retry, results, dead, poison, or waiting (Argos callback mode).
+    /// jobs, retry, results, dead, poison, wait (a vendor's wait queue), or
+    /// waiting (Argos callback mode).
     pub role: &'static str,
     pub name: String,
     /// For retry queues the ladder delay, e.g. "30s"; for waiting the callback wait.
@@ -266,6 +267,10 @@ pub async fn queues(cfg: &Config, conn: &lapin::Connection) -> anyhow::Result<Ve
     }
     wanted.push(("dead", n.dead_queue.clone(), None));
     wanted.push(("poison", n.poison_queue.clone(), None));
+    // The jobs of a vendor at its rate or concurrency limit, waiting for it.
+    for v in cfg.traffic.waiting_vendors() {
+        wanted.push(("wait", n.wait_queue(v).to_owned(), None));
+    }
     if cfg.providers.argos.mode == crate::config::ArgosMode::Callback {
         // Jobs the vendor works on asynchronously, each until its callback
         // or the wait runs out.

@@ -5,7 +5,7 @@
 use super::backoff::Backoff;
 use super::failure::{Failed, now_rfc3339};
 use super::gate::VendorGate;
-use super::traffic::Traffic;
+use super::traffic::{Ticket, Traffic};
 use crate::domain::dead_letter::{Failure, FailureClass};
 use crate::domain::{AttemptOutcome, ProviderName};
 use crate::providers::{ErrorKind, Provider, Submission, VendorError, VendorRequest};
@@ -102,14 +102,17 @@ impl Vendors {
 
     /// One verification of `req` with `provider`, retried in process for
     /// transient failures until the attempts or `deadline` run out. Each
-    /// attempt is appended to `log`, numbered after `earlier_attempts`.
-    pub async fn call(
-        &self,
+    /// attempt is appended to `log`, numbered after `earlier_attempts`. A
+    /// `ticket` (the vendor's slot and token taken without waiting) serves
+    /// the first attempt.
+    pub async fn call<'a>(
+        &'a self,
         provider: &dyn Provider,
         req: &VendorRequest<'_>,
         bounds: Bounds<'_>,
         log: &mut Vec<AttemptRecord>,
         call: Call<'_>,
+        mut ticket: Option<Ticket<'a>>,
     ) -> Result<Submission, Failed> {
         let Bounds {
             deadline,
@@ -125,7 +128,11 @@ impl Vendors {
             self.gate.admit(name)?;
             // A rate token, a concurrency slot, a unit of budget: waiting for
             // them is no attempt; a job that cannot get them parks.
-            let admitted = self.gate.traffic().admit(name, deadline, stop).await?;
+            let admitted = self
+                .gate
+                .traffic()
+                .admit(name, deadline, stop, ticket.take())
+                .await?;
             let attempt = earlier_attempts
                 .saturating_add(log.len() as u32)
                 .saturating_add(1);

@@ -14,10 +14,24 @@ pub struct Signals {
     pub hurry: CancellationToken,
 }
 
+/// Which queue a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// The jobs queue (or anything that flows into it: the ladder, the
+    /// callback wait): a job whose vendor cannot take it at once moves to
+    /// the vendor's wait queue.
+    #[default]
+    Jobs,
+    /// Its vendor's wait queue: the job waits there for the vendor's
+    /// admission (within `traffic.max_wait`), holding no worker slot.
+    Waiting,
+}
+
 /// What the stages after parsing need of the delivery.
 pub(super) struct StepContext<'a> {
     pub raw: &'a serde_json::value::RawValue,
     pub correlation_id: Option<String>,
     pub first_received_at: &'a str,
     pub signals: &'a Signals,
+    pub origin: Origin,
 }

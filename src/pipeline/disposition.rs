@@ -24,6 +24,13 @@ pub enum Disposition {
         carried: Carried,
         reason: String,
     },
+    /// The job's vendor cannot take it now (rate limit or adaptive
+    /// concurrency): republish the job body to the vendor's wait queue
+    /// carrying `carried` (no attempt made), then ack.
+    Wait {
+        vendor: ProviderName,
+        carried: Carried,
+    },
     /// Argos callback mode: the vendor accepted the job and its pending
     /// record is stored; republish the job body to the callback wait queue
     /// carrying `carried`, then ack.
@@ -44,6 +51,7 @@ impl Disposition {
             Disposition::Publish(r) => format!("result {}", r.routing_key()),
             Disposition::DeadLetter(d) => format!("dead letter {}", d.failure.class),
             Disposition::RetryLater { step, .. } => format!("retry step {step}"),
+            Disposition::Wait { vendor, .. } => format!("wait queue of {vendor}"),
             Disposition::AwaitCallback { carried } => format!(
                 "awaiting callback (submission {})",
                 carried.callback_submissions
@@ -107,6 +115,8 @@ impl Finished {
                 m.job_finished(JobOutcome::RetryLater, None, self.check, self.provider);
                 m.parked(*step);
             }
+            // Not finished: it waits in the broker for its vendor.
+            Disposition::Wait { vendor, .. } => m.vendor_waitlisted(*vendor),
             Disposition::AwaitCallback { .. } => {
                 m.job_finished(
                     JobOutcome::AwaitingCallback,

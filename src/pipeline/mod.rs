@@ -55,7 +55,7 @@ pub mod traffic;
 mod verify;
 
 pub use callback::CallbackSettings;
-pub use context::Signals;
+pub use context::{Origin, Signals};
 pub use disposition::{Disposition, Finished};
 pub use failure::now_rfc3339;
 pub use shadow::ShadowRun;
@@ -102,8 +102,6 @@ pub struct PipelineConfig {
     pub claim_lease: Duration,
     /// Vendor traffic control (rates, adaptive concurrency, budgets).
     pub traffic: TrafficConfig,
-    /// `worker.concurrency`: `traffic.waiting_share` is a share of it.
-    pub concurrency: u32,
     /// Vendors tried in order while a check's default one cannot be called.
     pub failover_document: Vec<ProviderName>,
     pub failover_face: Vec<ProviderName>,
@@ -134,7 +132,6 @@ impl PipelineConfig {
             audit: c.results.audit,
             claim_lease: c.coordination.claim_lease,
             traffic: c.traffic.clone(),
-            concurrency: u32::from(c.worker.concurrency),
             failover_document: c.providers.failover_document.clone(),
             failover_face: c.providers.failover_face.clone(),
             shadow: c.shadow.clone(),
@@ -173,7 +170,6 @@ impl Pipeline {
             providers.into_iter().map(|p| (p.name(), p)).collect();
         let traffic = traffic::Traffic::new(
             &cfg.traffic,
-            cfg.concurrency,
             providers.keys().copied(),
             None,
             metrics.clone(),
@@ -252,7 +248,6 @@ impl Pipeline {
     pub fn with_traffic(mut self, store: Arc<dyn TrafficStore>) -> Self {
         let traffic = traffic::Traffic::new(
             &self.cfg.traffic,
-            self.cfg.concurrency,
             self.vendors.names(),
             Some(store),
             self.metrics.clone(),

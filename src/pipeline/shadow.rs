@@ -220,6 +220,7 @@ impl Pipeline {
                 },
                 &mut log,
                 Call::Verify,
+                None,
             )
             .await;
         let vendor_ms = started.elapsed().as_millis() as u64;

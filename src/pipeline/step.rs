@@ -6,7 +6,7 @@
 //! what happened. The attempts of a delivery that produced no outcome go to
 //! the audit trail.
 
-use super::context::{Signals, StepContext};
+use super::context::{Origin, Signals, StepContext};
 use super::disposition::{Disposition, Finished};
 use super::failure::{Echo, Failed, now_rfc3339};
 use super::verify::Verified;
@@ -29,6 +29,7 @@ pub struct Incoming {
     /// The job's AMQP correlation_id (kept for a callback-mode result).
     pub correlation_id: Option<String>,
     pub signals: Signals,
+    pub origin: Origin,
 }
 
 impl Incoming {
@@ -69,6 +70,7 @@ impl Pipeline {
             carried,
             correlation_id,
             signals: Signals::default(),
+            origin: Origin::Jobs,
         }
     }
 
@@ -150,6 +152,7 @@ impl Pipeline {
             correlation_id: d.correlation_id.clone(),
             first_received_at: &first_received_at,
             signals: &d.signals,
+            origin: d.origin,
         };
         let verified = self.verify(job, started, &d.carried, &ctx, &mut log).await;
         let attempts = d.carried.attempts.saturating_add(log.len() as u32);
@@ -172,6 +175,17 @@ impl Pipeline {
                 let provider = result.provider;
                 Finished::new(Disposition::Publish(Box::new(result)), Some(job.check))
                     .by(Some(provider))
+            }
+            Ok(Verified::MustWait { provider }) => {
+                tracing::info!(vendor = %provider, "The vendor cannot take the job now: moving it to the vendor's wait queue");
+                Finished::new(
+                    Disposition::Wait {
+                        vendor: provider,
+                        carried: progress,
+                    },
+                    Some(job.check),
+                )
+                .by(Some(provider))
             }
             Ok(Verified::Submitted {
                 provider,

@@ -10,9 +10,14 @@
 //!
 //! Waiting for 1 and 2 is bounded by `traffic.max_wait` (and half the
 //! time left before the job's deadline); a job that would wait longer, or
-//! whose vendor already has its share of `worker.concurrency` waiting
-//! (`traffic.waiting_share`), or whose budget is spent, parks on the
-//! ladder: no vendor call, no attempt, no retry budget spent.
+//! whose budget is spent, parks on the ladder: no vendor call, no attempt,
+//! no retry budget spent.
+//!
+//! A job taken from the jobs queue does not wait at all for a vendor with a
+//! rate limit or adaptive concurrency: [`Traffic::try_admit`] either takes
+//! its slot and token at once (a [`Ticket`] its first attempt uses) or says
+//! it would wait, and the job moves to the vendor's wait queue, where it
+//! waits without holding a `worker.concurrency` slot.
 
 use super::aimd::{Aimd, NoSlot, Signal, Slot};
 use super::failure::Failed;
@@ -50,8 +55,6 @@ pub struct Traffic {
     /// share of the rates).
     shared: bool,
     max_wait: Duration,
-    /// Jobs waiting for one vendor that may hold a worker slot.
-    waiting_cap: usize,
     lanes: HashMap<ProviderName, Lane>,
     /// Replicas the rates are shared among without a shared store.
     replicas: AtomicU32,
@@ -86,10 +89,25 @@ pub struct Admitted<'a> {
     slot: Option<Slot<'a>>,
 }
 
+/// A concurrency slot and a rate token taken without waiting by
+/// [`Traffic::try_admit`]: the token is spent, so the job goes on to its
+/// call and its first attempt uses them ([`Traffic::admit`]).
+pub struct Ticket<'a> {
+    slot: Option<Slot<'a>>,
+}
+
+/// What [`Traffic::try_admit`] found.
+pub enum Now<'a> {
+    /// Admitted without waiting (or the vendor has no rate or concurrency
+    /// limit).
+    Admitted(Ticket<'a>),
+    /// The vendor cannot take the job now: nothing was taken.
+    WouldWait,
+}
+
 impl Traffic {
     pub fn new(
         cfg: &TrafficConfig,
-        concurrency: u32,
         vendors: impl IntoIterator<Item = ProviderName>,
         store: Option<Arc<dyn TrafficStore>>,
         metrics: Arc<Metrics>,
@@ -123,7 +141,6 @@ impl Traffic {
             store: store.unwrap_or_else(|| Arc::new(LocalTraffic::default())),
             shared,
             max_wait: cfg.max_wait,
-            waiting_cap: ((f64::from(concurrency) * cfg.waiting_share).ceil() as usize).max(1),
             lanes,
             replicas: AtomicU32::new(1),
             metrics,
@@ -185,6 +202,58 @@ impl Traffic {
         }
     }
 
+    /// The vendors whose jobs wait in a wait queue (a rate limit or
+    /// adaptive concurrency), in a stable order.
+    pub fn wait_vendors(&self) -> Vec<ProviderName> {
+        let mut v: Vec<ProviderName> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.cfg.waits())
+            .map(|(v, _)| *v)
+            .collect();
+        v.sort_by_key(|v| v.as_str());
+        v
+    }
+
+    /// Whether `vendor`'s jobs that cannot be admitted at once wait in its
+    /// wait queue.
+    pub fn has_wait_queue(&self, vendor: ProviderName) -> bool {
+        self.lanes.get(&vendor).is_some_and(|l| l.cfg.waits())
+    }
+
+    /// Admission without waiting, for a job taken from the jobs queue: a
+    /// concurrency slot free now and a rate token due now (one round trip to
+    /// the store), or [`Now::WouldWait`] and nothing is taken. A granted
+    /// token is spent: the job must go on to its call with the ticket.
+    pub async fn try_admit(&self, vendor: ProviderName) -> Result<Now<'_>, Failed> {
+        let Some(lane) = self.lanes.get(&vendor).filter(|l| l.cfg.waits()) else {
+            return Ok(Now::Admitted(Ticket { slot: None }));
+        };
+        let slot = match &lane.aimd {
+            None => None,
+            Some(a) => match a.try_acquire() {
+                Some(s) => Some(s),
+                None => return Ok(Now::WouldWait),
+            },
+        };
+        let reservation = self
+            .store
+            .reserve(vendor, self.spec(lane), Duration::ZERO)
+            .await
+            .map_err(|e| unavailable(vendor, &e))?;
+        match reservation {
+            Reservation::Granted { wait } => {
+                // Due now, up to the store's rounding.
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Now::Admitted(Ticket { slot }))
+            }
+            // The slot (if any) goes back as it is dropped.
+            Reservation::Refused { .. } => Ok(Now::WouldWait),
+        }
+    }
+
     /// Parks a job before its image is fetched when its vendor's budget is
     /// known to be spent in the current windows (from this replica's last
     /// spend), asking nothing. Counts only grow, but a cap may be raised at
@@ -223,27 +292,32 @@ impl Traffic {
     /// Waits for a concurrency slot and a rate token, then takes one unit of
     /// the budget: the vendor may be called. A job that would wait too long,
     /// or finds the budget spent, gets [`Failed::Park`].
-    pub async fn admit(
-        &self,
+    ///
+    /// With a `ticket` from [`Traffic::try_admit`] the slot and the token
+    /// are already taken: only the budget is left.
+    pub async fn admit<'a>(
+        &'a self,
         vendor: ProviderName,
         deadline: Instant,
         stop: &CancellationToken,
-    ) -> Result<Admitted<'_>, Failed> {
+        ticket: Option<Ticket<'a>>,
+    ) -> Result<Admitted<'a>, Failed> {
         let Some(lane) = self.lanes.get(&vendor).filter(|l| l.cfg.limited()) else {
             return Ok(Admitted { slot: None });
         };
+        if let Some(Ticket { slot }) = ticket {
+            if lane.cfg.has_budget() {
+                self.spend(vendor, lane).await?;
+            }
+            self.metrics.vendor_wait(vendor, Duration::ZERO);
+            return Ok(Admitted { slot });
+        }
         let started = Instant::now();
-        let waiting = lane.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        lane.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Leave(&lane.waiting);
-        // Beyond its share of the worker's slots, a vendor's job goes only if
-        // it need not wait at all.
-        let over_share = waiting > self.waiting_cap;
-        let allowance = if over_share {
-            Duration::ZERO
-        } else {
-            self.max_wait
-                .min(deadline.saturating_duration_since(started) / 2)
-        };
+        let allowance = self
+            .max_wait
+            .min(deadline.saturating_duration_since(started) / 2);
         let until = started + allowance;
         let park = |reason: &'static str, why: String| {
             self.metrics.vendor_throttled(vendor, reason);
@@ -255,31 +329,17 @@ impl Traffic {
 
         let slot = match &lane.aimd {
             None => None,
-            Some(a) => {
-                let got = if over_share {
-                    a.try_acquire().ok_or(NoSlot::TimedOut)
-                } else {
-                    a.acquire(until, stop).await
-                };
-                match got {
-                    Ok(s) => Some(s),
-                    Err(NoSlot::Stopped) => return Err(Failed::Abandoned),
-                    Err(NoSlot::TimedOut) => {
-                        let (reason, what) = if over_share {
-                            ("waiting_share", self.share_text(vendor))
-                        } else {
-                            (
-                                "concurrency",
-                                format!(
-                                    "all {} of its adaptive concurrency slots stayed busy for {allowance:?}",
-                                    a.limit().floor()
-                                ),
-                            )
-                        };
-                        return Err(park(reason, throttled_reason(vendor, &what)));
-                    }
+            Some(a) => match a.acquire(until, stop).await {
+                Ok(s) => Some(s),
+                Err(NoSlot::Stopped) => return Err(Failed::Abandoned),
+                Err(NoSlot::TimedOut) => {
+                    let what = format!(
+                        "all {} of its adaptive concurrency slots stayed busy for {allowance:?}",
+                        a.limit().floor()
+                    );
+                    return Err(park("concurrency", throttled_reason(vendor, &what)));
                 }
-            }
+            },
         };
 
         let left = until.saturating_duration_since(Instant::now());
@@ -298,18 +358,11 @@ impl Traffic {
                 }
             }
             Reservation::Refused { wait } => {
-                let (reason, what) = if over_share {
-                    ("waiting_share", self.share_text(vendor))
-                } else {
-                    (
-                        "rate",
-                        format!(
-                            "its next request slot (rate {}/s for this replica, or the Retry-After of a 429) is {wait:.1?} away",
-                            self.rate_per_second(lane)
-                        ),
-                    )
-                };
-                return Err(park(reason, throttled_reason(vendor, &what)));
+                let what = format!(
+                    "its next request slot (rate {}/s for this replica, or the Retry-After of a 429) is {wait:.1?} away",
+                    self.rate_per_second(lane)
+                );
+                return Err(park("rate", throttled_reason(vendor, &what)));
             }
         }
         if stop.is_cancelled() {
@@ -322,13 +375,6 @@ impl Traffic {
         let waited = started.elapsed();
         self.metrics.vendor_wait(vendor, waited);
         Ok(Admitted { slot })
-    }
-
-    fn share_text(&self, vendor: ProviderName) -> String {
-        format!(
-            "{} of this replica's jobs already wait for {vendor} (traffic.waiting_share of worker.concurrency), so the others' slots stay free",
-            self.waiting_cap
-        )
     }
 
     async fn spend(&self, vendor: ProviderName, lane: &Lane) -> Result<(), Failed> {
@@ -715,11 +761,10 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn traffic(toml: &str, concurrency: u32) -> Traffic {
+    fn traffic(toml: &str) -> Traffic {
         let cfg = Config::from_toml(toml).unwrap();
         Traffic::new(
             &cfg.traffic,
-            concurrency,
             [ProviderName::Argos, ProviderName::Didit],
             None,
             Arc::new(Metrics::new()),
@@ -728,12 +773,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_rate_spaces_calls_and_its_share_divides_it() {
-        let t = traffic("[traffic.argos]\nrate = \"10/s\"", 32);
+        let t = traffic("[traffic.argos]\nrate = \"10/s\"");
         let stop = CancellationToken::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         let start = Instant::now();
         for _ in 0..5 {
-            let a = t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+            let a = t
+                .admit(ProviderName::Argos, deadline, &stop, None)
+                .await
+                .unwrap();
             t.finish(ProviderName::Argos, a, Ok(()), Duration::from_millis(1))
                 .await;
         }
@@ -742,28 +790,34 @@ mod tests {
         // Didit has no limit.
         let before = Instant::now();
         for _ in 0..5 {
-            t.admit(ProviderName::Didit, deadline, &stop).await.unwrap();
+            t.admit(ProviderName::Didit, deadline, &stop, None)
+                .await
+                .unwrap();
         }
         assert_eq!(before.elapsed(), Duration::ZERO);
         // Four replicas share it: 2.5/s each.
         t.set_replicas(4);
         let before = Instant::now();
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
         assert_eq!(before.elapsed(), Duration::from_millis(500));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_token_too_far_away_parks_without_waiting() {
-        let t = traffic(
-            "[traffic]\nmax_wait = \"500ms\"\n[traffic.argos]\nrate = \"1/s\"",
-            32,
-        );
+        let t = traffic("[traffic]\nmax_wait = \"500ms\"\n[traffic.argos]\nrate = \"1/s\"");
         let stop = CancellationToken::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
         let before = Instant::now();
-        let Err(Failed::Park { reason, .. }) = t.admit(ProviderName::Argos, deadline, &stop).await
+        let Err(Failed::Park { reason, .. }) =
+            t.admit(ProviderName::Argos, deadline, &stop, None).await
         else {
             panic!("expected to park")
         };
@@ -778,15 +832,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_429_holds_the_vendor_back() {
-        let t = traffic("[traffic.argos]\nrate = \"100/s\"", 32);
+        let t = traffic("[traffic.argos]\nrate = \"100/s\"");
         let stop = CancellationToken::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let a = t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        let a = t
+            .admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
         let e = VendorError::transient("slow down", Some(Duration::from_secs(3))).with_status(429);
         t.finish(ProviderName::Argos, a, Err(&e), Duration::from_millis(5))
             .await;
         let before = Instant::now();
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
         assert_eq!(before.elapsed(), Duration::from_secs(3));
     }
 
@@ -798,7 +857,6 @@ mod tests {
         .unwrap();
         let t = Traffic::new(
             &cfg.traffic,
-            32,
             [ProviderName::Argos],
             Some(Arc::new(LocalTraffic::default())),
             Arc::new(Metrics::new()),
@@ -806,9 +864,14 @@ mod tests {
         let stop = CancellationToken::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         assert!(t.early_park(ProviderName::Argos).is_none());
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
-        let Err(Failed::Park { reason, .. }) = t.admit(ProviderName::Argos, deadline, &stop).await
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
+        let Err(Failed::Park { reason, .. }) =
+            t.admit(ProviderName::Argos, deadline, &stop, None).await
         else {
             panic!("expected to park")
         };
@@ -898,7 +961,6 @@ mod tests {
         let store = Arc::new(LocalTraffic::default());
         let t = Traffic::new(
             &cfg.traffic,
-            32,
             [ProviderName::Argos],
             Some(store.clone()),
             Arc::new(Metrics::new()),
@@ -906,9 +968,9 @@ mod tests {
         let stop = CancellationToken::new();
         let deadline = Instant::now() + Duration::from_secs(600);
         let argos = ProviderName::Argos;
-        t.admit(argos, deadline, &stop).await.unwrap();
-        t.admit(argos, deadline, &stop).await.unwrap();
-        let Err(Failed::Park { reason, .. }) = t.admit(argos, deadline, &stop).await else {
+        t.admit(argos, deadline, &stop, None).await.unwrap();
+        t.admit(argos, deadline, &stop, None).await.unwrap();
+        let Err(Failed::Park { reason, .. }) = t.admit(argos, deadline, &stop, None).await else {
             panic!("expected to park")
         };
         assert!(
@@ -930,7 +992,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10)).await;
         assert!(t.early_park(argos).is_none());
         assert!(t.early_park(argos).is_some());
-        t.admit(argos, deadline, &stop).await.unwrap();
+        t.admit(argos, deadline, &stop, None).await.unwrap();
         // Known raised: nobody parks early any more.
         assert!(t.early_park(argos).is_none());
         let m = t.metrics.encode();
@@ -961,9 +1023,9 @@ mod tests {
             ),
             "{b}"
         );
-        t.admit(argos, deadline, &stop).await.unwrap();
+        t.admit(argos, deadline, &stop, None).await.unwrap();
         // Spent again under the override: the message says how it came.
-        let Err(Failed::Park { reason, .. }) = t.admit(argos, deadline, &stop).await else {
+        let Err(Failed::Park { reason, .. }) = t.admit(argos, deadline, &stop, None).await else {
             panic!("expected to park")
         };
         assert!(
@@ -979,7 +1041,7 @@ mod tests {
             .unwrap();
         tokio::time::advance(BUDGET_RECHECK).await;
         assert!(t.early_park(argos).is_none());
-        assert!(t.admit(argos, deadline, &stop).await.is_err());
+        assert!(t.admit(argos, deadline, &stop, None).await.is_err());
         assert!(t.early_park(argos).is_some());
     }
 
@@ -1046,17 +1108,24 @@ mod tests {
         };
         let t = Traffic::new(
             &cfg.traffic,
-            32,
             [ProviderName::Argos],
             Some(Arc::new(store)),
             Arc::new(Metrics::new()),
         );
         let stop = CancellationToken::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
-        t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
         // That job itself parks on its answer, but the replica keeps what it knew.
-        assert!(t.admit(ProviderName::Argos, deadline, &stop).await.is_err());
+        assert!(
+            t.admit(ProviderName::Argos, deadline, &stop, None)
+                .await
+                .is_err()
+        );
         assert!(t.early_park(ProviderName::Argos).is_none());
         let m = t.metrics.encode();
         assert!(
@@ -1067,38 +1136,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn beyond_the_waiting_share_a_job_parks_instead_of_waiting() {
-        // 4 slots, half of them for jobs waiting on one vendor.
-        let t = Arc::new(traffic(
-            "[traffic]\nwaiting_share = 0.5\n[traffic.argos]\nconcurrency_max = 1\nconcurrency_initial = 1",
-            4,
-        ));
+    async fn try_admit_takes_a_token_due_now_or_nothing() {
+        let t = traffic(
+            "[traffic.argos]\nrate = \"1/s\"\n[traffic.didit]\nconcurrency_max = 1\nconcurrency_initial = 1",
+        );
+        assert_eq!(t.wait_vendors(), [ProviderName::Argos, ProviderName::Didit]);
         let stop = CancellationToken::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let first = t.admit(ProviderName::Argos, deadline, &stop).await.unwrap();
-        // Two more wait for the one slot (the share is 2)...
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let (t, stop) = (t.clone(), stop.clone());
-                tokio::spawn(async move {
-                    t.admit(ProviderName::Argos, deadline, &stop)
-                        .await
-                        .map(drop)
-                        .is_ok()
-                })
-            })
-            .collect();
-        tokio::time::advance(Duration::from_millis(10)).await;
-        // ...and the next one parks at once.
-        let Err(Failed::Park { reason, .. }) = t.admit(ProviderName::Argos, deadline, &stop).await
-        else {
-            panic!("expected to park")
+        // A token due now: taken, and the first attempt uses it without
+        // taking another.
+        let Now::Admitted(ticket) = t.try_admit(ProviderName::Argos).await.unwrap() else {
+            panic!("a token is due now")
         };
-        assert!(reason.contains("traffic.waiting_share"), "{reason}");
-        t.finish(ProviderName::Argos, first, Ok(()), Duration::from_millis(5))
+        let a = t
+            .admit(ProviderName::Argos, deadline, &stop, Some(ticket))
+            .await
+            .unwrap();
+        t.finish(ProviderName::Argos, a, Ok(()), Duration::from_millis(1))
             .await;
-        for w in waiters {
-            assert!(w.await.unwrap());
-        }
+        // The next token is a second away: it would wait, nothing taken...
+        assert!(matches!(
+            t.try_admit(ProviderName::Argos).await.unwrap(),
+            Now::WouldWait
+        ));
+        // ...so a waiting job still gets the next one, a second after the first.
+        let before = Instant::now();
+        t.admit(ProviderName::Argos, deadline, &stop, None)
+            .await
+            .unwrap();
+        assert_eq!(before.elapsed(), Duration::from_secs(1));
+        // Adaptive concurrency: the one slot busy, it would wait; freed, admitted.
+        let Now::Admitted(busy) = t.try_admit(ProviderName::Didit).await.unwrap() else {
+            panic!("a free slot")
+        };
+        assert!(matches!(
+            t.try_admit(ProviderName::Didit).await.unwrap(),
+            Now::WouldWait
+        ));
+        drop(busy);
+        assert!(matches!(
+            t.try_admit(ProviderName::Didit).await.unwrap(),
+            Now::Admitted(_)
+        ));
+        // A vendor without a rate or concurrency limit never waits.
+        assert!(!t.has_wait_queue(ProviderName::Intellicheck));
     }
 }

@@ -4,10 +4,11 @@
 use super::Pipeline;
 use super::call::{Bounds, Call};
 use super::claim::{Held, NotClaimed};
-use super::context::StepContext;
+use super::context::{Origin, StepContext};
 use super::failure::{Failed, now_rfc3339};
 use super::fetch::image_info;
 use super::shadow::ShadowRun;
+use super::traffic::Now;
 use crate::domain::assessment::{Assessment, VendorRefs};
 use crate::domain::carried::Carried;
 use crate::domain::dead_letter::{Failure, FailureClass};
@@ -50,6 +51,10 @@ pub(super) enum Verified {
     },
     /// The results store already had this job's outcome for these images.
     Stored(Box<StoredOutcome>),
+    /// The vendor (rate limit or adaptive concurrency) cannot take this job
+    /// from the jobs queue now: it moves to the vendor's wait queue, nothing
+    /// fetched, nothing taken.
+    MustWait { provider: ProviderName },
     /// Accepted for an asynchronous answer (Argos callback mode); its
     /// pending record is stored.
     Submitted {
@@ -92,6 +97,20 @@ impl Pipeline {
         // fetching anything.
         if let Some(parked) = self.vendors.traffic().early_park(provider_name) {
             return Err(parked);
+        }
+        // A job from the jobs queue whose vendor cannot take it now moves to
+        // the vendor's wait queue, before anything is fetched; one it can
+        // take keeps the slot and the token it was given for its call.
+        let mut ticket = None;
+        if ctx.origin == Origin::Jobs && self.vendors.traffic().has_wait_queue(provider_name) {
+            match self.vendors.traffic().try_admit(provider_name).await? {
+                Now::Admitted(t) => ticket = Some(t),
+                Now::WouldWait => {
+                    return Ok(Verified::MustWait {
+                        provider: provider_name,
+                    });
+                }
+            }
         }
         let deadline = started + self.cfg.job_deadline;
         let limit = provider
@@ -214,6 +233,7 @@ impl Pipeline {
                 },
                 log,
                 call,
+                ticket,
             )
             .await;
         let vendor_ms = vendor_started.elapsed().as_millis() as u64;

@@ -1,8 +1,8 @@
 //! The one finish path: a [`Finished`] disposition becomes a message (a
-//! result, a dead letter, the job back on the ladder or into the callback
-//! wait), is published with confirms, counted, and only then is the
-//! delivery acked and a served pending record cleared. The consume loop
-//! and the callback receiver both end here.
+//! result, a dead letter, the job back on the ladder, into its vendor's
+//! wait queue or into the callback wait), is published with confirms,
+//! counted, and only then is the delivery acked and a served pending record
+//! cleared. The consume loop and the callback receiver both end here.
 
 use super::publisher::{Outgoing, Publisher};
 use crate::broker::headers::StateKey;
@@ -169,6 +169,13 @@ fn outgoing(
                 props: headers::with_progress(job.props, carried, key, job.body),
             }
         }
+        Disposition::Wait { vendor, carried } => Outgoing {
+            target: PublishTarget::Wait,
+            exchange: String::new(),
+            routing_key: names.wait_queue(*vendor).to_owned(),
+            payload: job.body.to_vec(),
+            props: headers::with_progress(job.props, carried, key, job.body),
+        },
         Disposition::AwaitCallback { carried } => Outgoing {
             target: PublishTarget::CallbackWait,
             exchange: String::new(),

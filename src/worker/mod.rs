@@ -17,8 +17,11 @@ use crate::broker::{self, Names, headers};
 use crate::config::Config;
 use crate::coordination::Coordination;
 use crate::domain::Check;
+use crate::domain::ProviderName;
 use crate::domain::job::JobId;
-use crate::pipeline::{CallbackSettings, Finished, Incoming, Pipeline, PipelineConfig, Signals};
+use crate::pipeline::{
+    CallbackSettings, Finished, Incoming, Origin, Pipeline, PipelineConfig, Signals,
+};
 use crate::providers::argos::Argos;
 use crate::providers::didit::Didit;
 use crate::providers::intellicheck::Intellicheck;
@@ -31,6 +34,7 @@ use futures_util::StreamExt as _;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use publisher::Publisher;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -179,6 +183,14 @@ pub async fn run(
             background.clone(),
         ));
     }
+    // Each wait queue has its own bound, apart from the jobs queue's slots.
+    let waiting_room = waiting_room(&cfg);
+    let waiting_slots = pipeline
+        .traffic()
+        .wait_vendors()
+        .into_iter()
+        .map(|v| (v, Arc::new(Semaphore::new(waiting_room.into()))))
+        .collect();
     let mut consumer = Consumer {
         cfg: &cfg,
         pipeline: &pipeline,
@@ -186,6 +198,7 @@ pub async fn run(
         finisher: &finisher,
         telemetry: &telemetry,
         slots: Arc::new(Semaphore::new(cfg.worker.concurrency.into())),
+        waiting_slots,
         requeues: Arc::new(Requeues::new(coordination)),
         jobs: JoinSet::new(),
         drain_stop: CancellationToken::new(),
@@ -229,6 +242,15 @@ pub async fn run(
     consumer.drain(None).await;
     publisher.close().await;
     ended
+}
+
+/// `traffic.waiting_room`, 0 meaning `worker.concurrency`: the deliveries
+/// each replica holds from each wait queue.
+fn waiting_room(cfg: &Config) -> u16 {
+    match cfg.traffic.waiting_room {
+        0 => cfg.worker.concurrency,
+        n => n,
+    }
 }
 
 /// Keeps a store-less replica's share of the rate limits in step with the
@@ -290,6 +312,9 @@ struct Consumer<'a> {
     telemetry: &'a Telemetry,
     /// `worker.concurrency` permits, one per job being processed.
     slots: Arc<Semaphore>,
+    /// Per vendor with a wait queue: `traffic.waiting_room` permits, one per
+    /// job taken from that wait queue (they hold none of `slots`).
+    waiting_slots: HashMap<ProviderName, Arc<Semaphore>>,
     requeues: Arc<Requeues>,
     jobs: JoinSet<()>,
     /// Cancelled when the drain has waited `drain_timeout`: jobs that have
@@ -305,6 +330,7 @@ impl Consumer<'_> {
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<SessionEnd, SessionError> {
         let cfg = self.cfg;
         let retry = |e: lapin::Error| SessionError::Retry(e.into());
+        let wait_vendors: Vec<ProviderName> = self.waiting_slots.keys().copied().collect();
         let conn = broker::connect(&cfg.broker)
             .await
             .map_err(SessionError::Retry)?;
@@ -316,6 +342,7 @@ impl Consumer<'_> {
             if self.pipeline.shadows() {
                 broker::declare_shadow(&conn, &cfg.broker).await?;
             }
+            broker::declare_wait_queues(&conn, &cfg.broker, &wait_vendors).await?;
             Ok::<_, anyhow::Error>(())
         };
         declared.await.map_err(|e| {
@@ -345,6 +372,38 @@ impl Consumer<'_> {
             .await
             .map_err(retry)?;
         tracing::info!(queue = %self.names.jobs_queue, concurrency = cfg.worker.concurrency, "Consuming jobs");
+        // The wait queues, on a channel of their own: its prefetch (per
+        // consumer, so per wait queue) bounds the jobs waiting for each
+        // vendor, apart from the jobs queue's.
+        let wait_ch = conn.create_channel().await.map_err(retry)?;
+        let mut waits = futures_util::stream::SelectAll::new();
+        let mut wait_tags = Vec::new();
+        if !wait_vendors.is_empty() {
+            let room = waiting_room(cfg);
+            wait_ch
+                .basic_qos(room, BasicQosOptions::default())
+                .await
+                .map_err(retry)?;
+            for &v in &wait_vendors {
+                let queue = self.names.wait_queue(v);
+                let wait_tag = format!("{tag}-wait-{v}");
+                let c = wait_ch
+                    .basic_consume(
+                        queue.into(),
+                        wait_tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(retry)?;
+                // A consumer that ends says so (None), rather than vanish
+                // from the set.
+                let end = futures_util::stream::once(std::future::ready((v, None)));
+                waits.push(c.map(move |d| (v, Some(d))).chain(end).boxed());
+                wait_tags.push(wait_tag);
+                tracing::info!(queue = %queue, waiting_room = room, "Consuming a vendor's wait queue");
+            }
+        }
         self.telemetry.health.set_consuming(true);
         self.telemetry.metrics.set_consuming(true);
 
@@ -370,20 +429,23 @@ impl Consumer<'_> {
                 Some(_) = self.jobs.join_next(), if !self.jobs.is_empty() => {}
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let job = Job {
-                            pipeline: self.pipeline.clone(),
-                            finisher: self.finisher.clone(),
-                            slots: self.slots.clone(),
-                            requeues: self.requeues.clone(),
-                            signals: Signals {
-                                stop: lost.clone(),
-                                hurry: self.hurry.clone(),
-                            },
-                        };
+                        let job = self.job(self.slots.clone(), Origin::Jobs, &lost);
                         self.jobs.spawn(job.handle(delivery));
                     }
                     Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
                     None => break SessionEnd::Lost("the consumer was cancelled by the broker".into()),
+                },
+                next = waits.next(), if !waits.is_empty() => match next {
+                    Some((vendor, Some(Ok(delivery)))) => {
+                        let slots = self.waiting_slots[&vendor].clone();
+                        let job = self.job(slots, Origin::Waiting, &lost);
+                        self.jobs.spawn(job.handle(delivery));
+                    }
+                    Some((_, Some(Err(e)))) => break SessionEnd::Lost(e.to_string()),
+                    Some((vendor, None)) => {
+                        break SessionEnd::Lost(format!("the consumer of {vendor}'s wait queue was cancelled by the broker"));
+                    }
+                    None => break SessionEnd::Lost("the wait queue consumers ended".into()),
                 },
             }
         };
@@ -397,13 +459,35 @@ impl Consumer<'_> {
                 let _ = consume_ch
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await;
+                for t in &wait_tags {
+                    let _ = wait_ch
+                        .basic_cancel(t.as_str().into(), BasicCancelOptions::default())
+                        .await;
+                }
                 self.drain(Some(cfg.worker.drain_timeout)).await;
             }
             SessionEnd::Lost(_) => lost.cancel(),
         }
+        let _ = wait_ch.close(200, "bye".into()).await;
         let _ = consume_ch.close(200, "bye".into()).await;
         let _ = conn.close(200, "bye".into()).await;
         Ok(end)
+    }
+
+    /// A delivery's handler: it starts with one of `slots`, and stops
+    /// before paying once `lost` is cancelled.
+    fn job(&self, slots: Arc<Semaphore>, origin: Origin, lost: &CancellationToken) -> Job {
+        Job {
+            pipeline: self.pipeline.clone(),
+            finisher: self.finisher.clone(),
+            slots,
+            origin,
+            requeues: self.requeues.clone(),
+            signals: Signals {
+                stop: lost.clone(),
+                hurry: self.hurry.clone(),
+            },
+        }
     }
 
     /// Waits for the jobs in flight: all of them for `patience` (when
@@ -458,6 +542,8 @@ struct Job {
     pipeline: Arc<Pipeline>,
     finisher: Arc<Finisher>,
     slots: Arc<Semaphore>,
+    /// The jobs queue, or a vendor's wait queue.
+    origin: Origin,
     requeues: Arc<Requeues>,
     signals: Signals,
 }
@@ -483,12 +569,16 @@ impl Job {
         };
         let metrics = self.pipeline.metrics().clone();
         let in_flight = metrics.in_flight();
-        metrics.received();
-        if let Some(sent) = properties.timestamp() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            metrics.queue_wait(Duration::from_secs(now.saturating_sub(*sent)));
+        // Received from the jobs queue (a wait queue's deliveries were
+        // received and counted there first).
+        if self.origin == Origin::Jobs {
+            metrics.received();
+            if let Some(sent) = properties.timestamp() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                metrics.queue_wait(Duration::from_secs(now.saturating_sub(*sent)));
+            }
         }
         let body = Bytes::from(data);
         // A body over the size limit is dead-lettered unparsed; no worker
@@ -505,6 +595,7 @@ impl Job {
             properties.correlation_id().as_ref().map(|c| c.to_string()),
         );
         incoming.signals = self.signals.clone();
+        incoming.origin = self.origin;
         let span = tracing::info_span!("job", job_id = %incoming.job_id_hint().unwrap_or_default());
         async move {
             if provenance == Provenance::Refused {

@@ -32,7 +32,7 @@ pub struct Publisher {
     telemetry: Telemetry,
     /// Per target: whether its last publish came back unroutable (so the
     /// condition is logged once, when it starts and when it ends).
-    unroutable: [AtomicBool; 5],
+    unroutable: [AtomicBool; PublishTarget::ALL.len()],
 }
 
 #[derive(Default)]

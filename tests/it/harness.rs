@@ -464,6 +464,7 @@ impl TestEnv {
         queues.extend(self.names.retry_queues.iter().map(|(q, _)| q.clone()));
         queues.push(self.names.callback_wait_queue.clone());
         queues.extend(self.names.shadow_queue.clone());
+        queues.extend(self.names.wait_queues.iter().map(|(_, q)| q.clone()));
         for q in queues {
             let _ = self
                 .ch

@@ -3,7 +3,8 @@
 //! limit; a store-less replica taking its share; a spent budget parking
 //! jobs, none dead-lettered, until it is raised (by a restart, or at run
 //! time by `liveness-worker budget set`, whose overrides the spend script
-//! reads).
+//! reads); a vendor at its limit waiting in its wait queue, leaving the
+//! jobs queue's slots to the others.
 
 use crate::harness::{TestEnv, env, unique, wait_for};
 use crate::telemetry::series;
@@ -645,26 +646,68 @@ async fn jobs_fail_over_while_the_default_vendor_is_paused() {
     t.finish().await;
 }
 
+/// Uploads every image first, then publishes the jobs back to back, in
+/// order: `(job_id, provider)`; `None` names no vendor (Argos for a face).
+async fn publish_queued(t: &TestEnv, jobs: &[(String, Option<&str>)]) {
+    let mut bodies = Vec::new();
+    for (i, (id, provider)) in jobs.iter().enumerate() {
+        let img = samples::png(9300 + i as u64, 1500, Some(r#"{"face":88}"#));
+        let uri = t.upload(&format!("{id}.png"), img).await;
+        let mut job = t.job(id, "face", &uri);
+        if let Some(p) = provider {
+            job["provider"] = (*p).into();
+        }
+        bodies.push(job);
+    }
+    for job in &bodies {
+        t.publish(job).await;
+    }
+}
+
+fn waitlisted(m: &str, vendor: &str) -> f64 {
+    series(
+        m,
+        &format!("liveness_vendor_waitlisted_total{{vendor=\"{vendor}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vendor_at_its_limit_leaves_the_other_vendors_slots_free() {
-    // Argos at 1 request/s; its waiting jobs may hold half of the 16 slots.
+async fn a_vendor_at_its_limit_waits_in_its_wait_queue_and_leaves_the_slots_to_the_others() {
+    // 4 slots; Argos at 1 request/s, Didit without a limit.
     let t = TestEnv::start(
-        "share-slots",
-        "[traffic]\nwaiting_share = 0.5\n[traffic.argos]\nrate = \"1/s\"",
+        "waitq",
+        "[worker]\nconcurrency = 4\n[traffic.argos]\nrate = \"1/s\"",
     )
     .await;
+    let wait_q = t.names.wait_queue(ProviderName::Argos).to_owned();
+    assert_eq!(
+        t.consumers(&wait_q).await,
+        Some(1),
+        "the worker consumes Argos's wait queue"
+    );
+    assert_eq!(
+        t.consumers(t.names.wait_queue(ProviderName::Didit)).await,
+        None,
+        "no wait queue for a vendor without a limit"
+    );
+    // `status` (and the console's overview, which reads it) lists it.
+    let s = liveness_worker::ops::status::status(&t.cfg, 0)
+        .await
+        .unwrap();
+    let w: Vec<_> = s.queues.iter().filter(|q| q.role == "wait").collect();
+    assert_eq!(w.len(), 1, "{s:?}");
+    assert_eq!((w[0].name.as_str(), w[0].consumers), (wait_q.as_str(), 1));
+    // 30 Argos jobs queued ahead of 10 Didit jobs.
     let argos_jobs = 30;
-    publish_face_jobs(&t, "slow", argos_jobs).await;
-    // Didit's jobs queue up behind Argos's backlog.
-    for i in 0..10 {
-        let img = samples::png(9200 + i, 1500, Some(r#"{"face":85}"#));
-        let uri = t.upload(&format!("quick-{i}.png"), img).await;
-        let mut job = t.job(&format!("quick-{i}"), "face", &uri);
-        job["provider"] = "didit".into();
-        t.publish(&job).await;
-    }
-    // All of Didit's results arrive long before Argos's backlog (30 s at
-    // 1/s) is through: its jobs were not stuck behind Argos's in the slots.
+    let mut jobs: Vec<(String, Option<&str>)> = (0..argos_jobs)
+        .map(|i| (format!("slow-{i}"), None))
+        .collect();
+    jobs.extend((0..10).map(|i| (format!("quick-{i}"), Some("didit"))));
+    publish_queued(&t, &jobs).await;
+    let started = Instant::now();
+    // All of Didit's results arrive before the 5th Argos one: Argos's
+    // backlog moved to its wait queue instead of holding the 4 slots.
     let q = t.names.results_queue.clone().expect("results queue");
     let (mut didit, mut argos) = (0, 0);
     while didit < 10 {
@@ -674,24 +717,98 @@ async fn a_vendor_at_its_limit_leaves_the_other_vendors_slots_free() {
             _ => argos += 1,
         }
     }
-    eprintln!("Argos results before Didit's 10 were all in: {argos}");
-    assert!(argos < argos_jobs / 2, "{argos} Argos results came first");
+    let didit_done = started.elapsed();
+    eprintln!("Argos results before Didit's 10 were all in: {argos}, after {didit_done:?}");
+    assert!(argos < 5, "{argos} Argos results came first");
+    // The jobs queue is empty; Argos's backlog waits in its wait queue.
+    wait_for("the jobs queue to empty", 5, async || {
+        t.depth(&t.names.jobs_queue.clone()).await == 0
+    })
+    .await;
+    let waiting = t.depth(&wait_q).await;
+    eprintln!(
+        "jobs queue empty after {:?}, {waiting} Argos jobs ready in {wait_q}",
+        started.elapsed()
+    );
+    assert!(waiting >= 15, "{waiting} Argos jobs in the wait queue");
+    // Argos's jobs all finish too, at its pace: each one result, paid once,
+    // none dead-lettered, none parked.
+    let rest = t
+        .take(&q, argos_jobs - argos, Duration::from_secs(90))
+        .await;
+    eprintln!("all Argos results after {:?}", started.elapsed());
+    assert!(rest.iter().all(|(_, _, r)| r["provider"] == "argos"));
+    let ids: std::collections::HashSet<String> = rest
+        .iter()
+        .map(|(_, _, r)| r["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), argos_jobs - argos, "one result per job");
+    assert_eq!(
+        t.calls().await["argos"]["submissions"],
+        argos_jobs as u64,
+        "each paid once"
+    );
+    assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    assert_eq!(t.depth(&t.names.poison_queue.clone()).await, 0);
+    assert_eq!(t.depth(&wait_q).await, 0);
     let m = t.probe("/metrics").await.1;
+    // Moved once each at most (a job comes back to the jobs queue only by
+    // parking, and none parked): the first was called at once.
+    let moved = waitlisted(&m, "argos");
+    eprintln!("Argos jobs moved to the wait queue: {moved}");
     assert!(
+        (20.0..=argos_jobs as f64).contains(&moved),
+        "{moved} moves\n{m}"
+    );
+    assert_eq!(waitlisted(&m, "didit"), 0.0);
+    assert_eq!(
         series(
             &m,
-            "liveness_vendor_throttled_total{vendor=\"argos\",reason=\"waiting_share\"}"
+            "liveness_vendor_throttled_total{vendor=\"argos\",reason=\"rate\"}"
         )
-        .is_some_and(|n| n >= 1.0),
-        "{m}"
+        .unwrap_or(0.0),
+        0.0,
+        "none parked: {m}"
     );
-    // Argos's jobs all finish too, at its pace, none dead-lettered.
-    let rest = t
-        .take(&q, (argos_jobs - argos) as usize, Duration::from_secs(90))
-        .await;
-    assert!(rest.iter().all(|(_, _, r)| r["provider"] == "argos"));
-    assert_eq!(t.calls().await["argos"]["submissions"], argos_jobs);
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_jobs_wait_in_a_wait_queue_loses_none() {
+    let mut t = TestEnv::start(
+        "waitq-drain",
+        "[worker]\nconcurrency = 4\ndrain_timeout = \"1s\"\n[traffic.argos]\nrate = \"1/s\"",
+    )
+    .await;
+    let wait_q = t.names.wait_queue(ProviderName::Argos).to_owned();
+    let n = 12;
+    let jobs: Vec<(String, Option<&str>)> = (0..n).map(|i| (format!("drain-{i}"), None)).collect();
+    publish_queued(&t, &jobs).await;
+    // Moved, and some delivered from the wait queue, waiting for their
+    // tokens there.
+    wait_for("the backlog to move to the wait queue", 20, async || {
+        waitlisted(&t.probe("/metrics").await.1, "argos") >= (n - 2) as f64
+    })
+    .await;
+    // The drain gives the waiting deliveries back to the wait queue.
+    t.stop_worker().await;
+    let back = t.depth(&wait_q).await;
+    let before = t.depth(&t.names.results_queue.clone().unwrap()).await;
+    eprintln!("after the drain: {back} jobs in {wait_q}, {before} results");
+    assert!(back >= 5, "{back}");
+    assert_eq!(t.consumers(&wait_q).await, Some(0));
+    // Restarted: every job ends as one result, paid once.
+    t.start_worker().await;
+    let results = t.results(n).await;
+    assert_eq!(results.len(), n);
+    assert!(results.values().all(|(_, _, r)| r["provider"] == "argos"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let q = t.names.results_queue.clone().unwrap();
+    assert_eq!(t.depth(&q).await, 0, "no second result");
+    assert_eq!(t.calls().await["argos"]["submissions"], n as u64);
     assert_eq!(t.depth(&t.names.dead_queue.clone()).await, 0);
+    assert_eq!(t.depth(&t.names.poison_queue.clone()).await, 0);
+    assert_eq!(t.depth(&wait_q).await, 0);
     t.finish().await;
 }
 

@@ -47,7 +47,6 @@ fn config() -> PipelineConfig {
         audit: true,
         claim_lease: Duration::from_secs(30),
         traffic: crate::config::Config::from_toml("").unwrap().traffic,
-        concurrency: 32,
         failover_document: Vec::new(),
         failover_face: Vec::new(),
         shadow: crate::config::Config::from_toml("").unwrap().shadow,
@@ -97,6 +96,13 @@ impl T {
         let incoming = self
             .pipeline
             .parse(body.as_bytes(), delivery_count, carried, None);
+        self.pipeline.step(&incoming).await
+    }
+
+    /// A first delivery from `origin` (the jobs queue or a wait queue).
+    async fn step_from(&self, body: &str, carried: Carried, origin: Origin) -> Finished {
+        let mut incoming = self.pipeline.parse(body.as_bytes(), 0, carried, None);
+        incoming.origin = origin;
         self.pipeline.step(&incoming).await
     }
 

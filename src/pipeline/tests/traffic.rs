@@ -1,6 +1,8 @@
 //! Vendor traffic control in the step: a spent budget parks without an
 //! attempt (and, once known, without fetching); a rate limit spaces the
-//! calls; adaptive concurrency bounds the calls in flight.
+//! calls; adaptive concurrency bounds the calls in flight; a job from the
+//! jobs queue that its vendor cannot take now moves to the vendor's wait
+//! queue before its image is fetched.
 
 use super::*;
 use crate::pipeline::traffic::LocalTraffic;
@@ -55,7 +57,12 @@ async fn a_rate_limit_spaces_the_calls_and_adaptive_concurrency_bounds_them() {
     *t.vendor.latency.lock().unwrap() = Duration::from_secs(3);
     let started = Instant::now();
     let jobs: Vec<String> = (0..6).map(|i| job(&format!("r{i}"))).collect();
-    let finished = futures_util::future::join_all(jobs.iter().map(|j| t.step(j))).await;
+    // Delivered from Argos's wait queue: they wait there for their turn.
+    let finished = futures_util::future::join_all(
+        jobs.iter()
+            .map(|j| t.step_from(j, Carried::default(), Origin::Waiting)),
+    )
+    .await;
     for f in &finished {
         assert_eq!(result(f).attempts, 1);
     }
@@ -118,4 +125,90 @@ async fn a_paused_default_vendor_fails_over_unless_the_job_named_it() {
             .encode()
             .contains(r#"liveness_failovers_total{primary="argos",vendor="intellicheck"} 1"#)
     );
+}
+
+fn moved(f: &Finished) -> (ProviderName, &Carried) {
+    match &f.disposition {
+        Disposition::Wait { vendor, carried } => (*vendor, carried),
+        other => panic!("expected a move to the wait queue, got {}", other.label()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_its_vendor_cannot_take_now_moves_to_its_wait_queue_unfetched() {
+    let t = with_traffic("[traffic.argos]\nrate = \"1/s\"");
+    // A token due now: the job goes on to its call, which uses that token.
+    let before = Instant::now();
+    result(&t.step(&job("w1")).await);
+    assert!(before.elapsed() < Duration::from_millis(500), "no wait");
+    assert_eq!(t.images.fetches.load(Ordering::SeqCst), 1);
+    // The next token is most of a second away: the next job moves, at
+    // once, keeping its progress, with no fetch, no attempt, no token.
+    let carried = Carried {
+        attempts: 2,
+        ladder_step: 1,
+        first_received_at: Some("2026-12-08T00:00:00Z".into()),
+        ..Default::default()
+    };
+    let before = Instant::now();
+    let f = t.step_from(&job("w2"), carried.clone(), Origin::Jobs).await;
+    let (vendor, kept) = moved(&f);
+    assert_eq!(vendor, ProviderName::Argos);
+    assert_eq!(f.provider, Some(ProviderName::Argos));
+    assert_eq!(
+        (
+            kept.attempts,
+            kept.ladder_step,
+            kept.first_received_at.as_deref()
+        ),
+        (2, 1, Some("2026-12-08T00:00:00Z")),
+        "nothing spent"
+    );
+    assert_eq!(before.elapsed(), Duration::ZERO, "moved without waiting");
+    assert_eq!(t.images.fetches.load(Ordering::SeqCst), 1, "not fetched");
+    assert_eq!(t.vendor.calls.load(Ordering::SeqCst), 1);
+    // A fresh job gets its first-received time set before it moves.
+    let f = t.step(&job("w3")).await;
+    assert!(moved(&f).1.first_received_at.is_some());
+    // From the wait queue it waits for its token (taken a second after the
+    // first one: the moved jobs took none) and is answered.
+    let f = t.step_from(&job("w2"), kept.clone(), Origin::Waiting).await;
+    assert_eq!(result(&f).attempts, 3);
+    assert!(
+        before.elapsed() >= Duration::from_millis(900)
+            && before.elapsed() <= Duration::from_millis(1100),
+        "{:?}",
+        before.elapsed()
+    );
+    // A job from the wait queue never moves again: it waits (within
+    // traffic.max_wait) or parks.
+    let before = Instant::now();
+    result(
+        &t.step_from(&job("w3"), Carried::default(), Origin::Waiting)
+            .await,
+    );
+    assert!(before.elapsed() >= Duration::from_millis(900));
+    assert_eq!(t.vendor.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vendor_with_its_concurrency_slots_full_takes_no_more_from_the_jobs_queue() {
+    let t = Arc::new(with_traffic(
+        "[traffic.argos]\nconcurrency_max = 1\nconcurrency_initial = 1\nconcurrency_min = 1",
+    ));
+    *t.vendor.latency.lock().unwrap() = Duration::from_secs(2);
+    let first = {
+        let t = t.clone();
+        tokio::spawn(async move { t.step(&job("c1")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The one slot is busy: the next job moves, unfetched.
+    let f = t.step(&job("c2")).await;
+    assert_eq!(moved(&f).0, ProviderName::Argos);
+    assert_eq!(t.images.fetches.load(Ordering::SeqCst), 1);
+    result(&first.await.unwrap());
+    // Free again: the next one is taken at once.
+    result(&t.step(&job("c3")).await);
+    // Budget-only vendors park as before: no wait queue for them.
+    assert!(!t.pipeline.traffic().has_wait_queue(ProviderName::Didit));
 }
