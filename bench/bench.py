@@ -1164,6 +1164,9 @@ class Bench:
             self.ch.queue_delete(n[q])
         for d in ("5s", "30s", "2m", "10m"):
             self.ch.queue_delete(f"{prefix}.liveness.retry.{d}")
+        # The vendors' wait queues (declared for a rate or adaptive concurrency).
+        for v in ("argos", "intellicheck", "didit"):
+            self.ch.queue_delete(f"{prefix}.liveness.wait.{v}")
         for e in ("jobs_exchange", "results_exchange", "dead_exchange"):
             self.ch.exchange_delete(n[e])
 
