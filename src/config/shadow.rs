@@ -90,16 +90,6 @@ impl ShadowConfig {
             self.timeout >= Duration::from_secs(1) && self.timeout <= Duration::from_secs(600),
             || "shadow.timeout must be 1s-10m".into(),
         );
-        p.check(
-            self.daily_budget == 0
-                || self.monthly_budget == 0
-                || self.daily_budget <= self.monthly_budget,
-            || {
-                format!(
-                    "shadow.daily_budget ({}) must not exceed shadow.monthly_budget ({})",
-                    self.daily_budget, self.monthly_budget
-                )
-            },
-        );
+        super::traffic::budget_windows(p, "shadow.", self.daily_budget, self.monthly_budget);
     }
 }

@@ -100,20 +100,7 @@ impl VendorTraffic {
             self.budget_warning > 0.0 && self.budget_warning <= 1.0,
             || format!("{} must be within (0, 1]", key("budget_warning")),
         );
-        p.check(
-            self.daily_budget == 0
-                || self.monthly_budget == 0
-                || self.daily_budget <= self.monthly_budget,
-            || {
-                format!(
-                    "{} ({}) must not exceed {} ({})",
-                    key("daily_budget"),
-                    self.daily_budget,
-                    key("monthly_budget"),
-                    self.monthly_budget
-                )
-            },
-        );
+        budget_windows(p, &key(""), self.daily_budget, self.monthly_budget);
     }
 }
 
@@ -223,6 +210,14 @@ impl fmt::Display for Rate {
             f.write_str("unlimited")
         }
     }
+}
+
+/// A daily budget within the monthly one (0 is no budget); `prefix` is the
+/// settings' table with its dot, e.g. `traffic.argos.`.
+pub(super) fn budget_windows(p: &mut Problems, prefix: &str, daily: u64, monthly: u64) {
+    p.check(daily == 0 || monthly == 0 || daily <= monthly, || {
+        format!("{prefix}daily_budget ({daily}) must not exceed {prefix}monthly_budget ({monthly})")
+    });
 }
 
 #[cfg(test)]
